@@ -1,0 +1,1 @@
+"""pixnerd-jax: a JAX/Flax trainer for PixNerd (pixel neural field diffusion)."""

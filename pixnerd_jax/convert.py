@@ -1,0 +1,198 @@
+"""Convert official PixNerd checkpoints to Flax params, and verify a conversion.
+
+  python -m pixnerd_jax.convert checkpoint SRC --out DIR [--ema|--online]
+  python -m pixnerd_jax.convert verify FIXTURE.npz
+
+SRC may be a Lightning `.ckpt`, a `.pt`/`.pth` state_dict, `.safetensors` or `.npz`.
+Torch pickles are read with `weights_only=True` only: no arbitrary code is unpickled.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+EMA_PREFIX = "ema_denoiser."
+ONLINE_PREFIX = "denoiser."
+# Keys the denoiser does not own: REPA's projector lives in the trainer.
+_FOREIGN_PREFIXES = ("diffusion_trainer.", "vae.", "conditioner.")
+
+TORCH_INSTALL_HINT = (
+    "Reading torch checkpoints (.ckpt/.pt/.pth) needs PyTorch. Install the CPU build with "
+    "`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu` "
+    "(or convert the file to .safetensors/.npz on a machine that has torch).")
+
+
+class ConversionError(ValueError):
+  """The checkpoint does not match the model; the message says which keys."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a flat {key: float32 array} mapping from any supported file format."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Checkpoint file not found: {path}")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in (".ckpt", ".pt", ".pth", ".bin"):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ImportError(TORCH_INSTALL_HINT) from e
+    try:
+      obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors come in many types
+      raise ConversionError(
+          f"Could not read {path} as a torch checkpoint with weights_only=True ({e}). "
+          "The file is corrupt, or it holds Python objects beyond tensors; re-save its "
+          "state_dict with torch.save(model.state_dict(), ...).") from e
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+      obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+      raise ConversionError(f"{path} does not hold a state_dict (got {type(obj).__name__}).")
+    return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+  if ext == ".safetensors":
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+  if ext == ".npz":
+    with np.load(path, allow_pickle=False) as data:
+      out = {}
+      for k in data.files:
+        if k.startswith("sd/"):
+          out[k[3:]] = np.asarray(data[k], np.float32)
+        elif data[k].dtype.kind == "f" and not _is_fixture_array(k):
+          out[k] = np.asarray(data[k], np.float32)
+      return out
+  raise ConversionError(
+      f"Unsupported checkpoint extension {ext!r} for {path}: expected .ckpt, .pt, .pth, "
+      ".safetensors or .npz.")
+
+
+def _is_fixture_array(key: str) -> bool:
+  return key in ("x", "t", "out", "noise", "sample_out")
+
+
+def select_denoiser(state_dict: Mapping[str, np.ndarray], use_ema: bool = True):
+  """Strips the Lightning prefix: EMA weights by default, the online ones on request.
+
+  A plain state_dict (no prefixes) is returned as it is.
+  """
+  prefix = EMA_PREFIX if use_ema else ONLINE_PREFIX
+  has_prefixes = any(k.startswith((EMA_PREFIX, ONLINE_PREFIX)) for k in state_dict)
+  if not has_prefixes:
+    return {k: v for k, v in state_dict.items() if not k.startswith(_FOREIGN_PREFIXES)}
+  selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+  if not selected:
+    raise ConversionError(
+        f"No '{prefix}*' keys in the checkpoint; try {'--online' if use_ema else '--ema'}.")
+  return selected
+
+
+# ----------------------------------------------------------------------------- mapping
+
+
+def flax_path(torch_key: str, ndim: int) -> tuple[str, ...]:
+  """Maps a reference key to its Flax param path.
+
+  `blocks.3.attn.qkv.weight` -> ('blocks_3', 'attn', 'qkv', 'kernel'): a numeric part
+  joins the name before it; a 2-D `weight` is a Dense kernel, a 1-D one an RMSNorm weight.
+  """
+  parts = torch_key.split(".")
+  names: list[str] = []
+  for part in parts[:-1]:
+    if part.isdigit() and names:
+      names[-1] = f"{names[-1]}_{part}"
+    else:
+      names.append(part)
+  leaf = parts[-1]
+  if names[-1] == "embedding_table":
+    return tuple(names[:-1]) + ("embedding_table",)
+  if leaf == "weight" and ndim == 2:
+    leaf = "kernel"
+  return tuple(names) + (leaf,)
+
+
+def to_flax_array(torch_key: str, value: np.ndarray) -> np.ndarray:
+  if value.ndim == 2 and "embedding_table" not in torch_key:
+    return np.ascontiguousarray(value.T)  # torch Linear (out, in) -> Dense (in, out)
+  return value
+
+
+def infer_model_config(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Reads the architecture off the key shapes of a (prefix-free) denoiser state_dict."""
+  try:
+    hidden_size, patch_features = state_dict["s_embedder.proj.weight"].shape
+    hidden_size_x, embed_in = state_dict["x_embedder.embedder.0.weight"].shape
+    in_channels = state_dict["final_layer.linear.weight"].shape[0]
+    num_classes = state_dict["y_embedder.embedding_table.weight"].shape[0] - 1
+  except KeyError as e:
+    raise ConversionError(
+        f"Not a PixNerd class-conditional state_dict: key {e.args[0]!r} is missing.") from e
+  patch_size = int(round((patch_features / in_channels) ** 0.5))
+  max_freqs = int(round((embed_in - in_channels) ** 0.5))
+  block_ids = sorted({int(m.group(1)) for k in state_dict
+                      if (m := re.match(r"blocks\.(\d+)\.", k))})
+  dit_ids = [i for i in block_ids if f"blocks.{i}.attn.qkv.weight" in state_dict]
+  nerf_ids = [i for i in block_ids if f"blocks.{i}.param_generator1.0.weight" in state_dict]
+  if not dit_ids or dit_ids != list(range(len(dit_ids))):
+    raise ConversionError(f"DiT blocks must be numbered 0..n-1, found {dit_ids}.")
+  head_dim = state_dict["blocks.0.attn.q_norm.weight"].shape[0]
+  nerf_mlpratio = 2
+  if nerf_ids:
+    gen_rows = state_dict[f"blocks.{nerf_ids[0]}.param_generator1.0.weight"].shape[0]
+    nerf_mlpratio = gen_rows // (2 * hidden_size_x * hidden_size_x)
+  return dict(
+      in_channels=int(in_channels), patch_size=patch_size,
+      num_groups=int(hidden_size // head_dim), hidden_size=int(hidden_size),
+      hidden_size_x=int(hidden_size_x), nerf_mlpratio=int(nerf_mlpratio),
+      num_blocks=len(block_ids), num_cond_blocks=len(dit_ids),
+      num_classes=int(num_classes), max_freqs=max_freqs)
+
+
+def state_dict_to_params(state_dict: Mapping[str, np.ndarray], param_shapes) -> dict:
+  """Fills a Flax param tree (given as shapes, e.g. from jax.eval_shape) from a state_dict.
+
+  Raises ConversionError naming every unexpected, missing or mis-shaped key.
+  """
+  expected = traverse_util.flatten_dict(param_shapes)
+  filled, unexpected, mismatched = {}, [], []
+  for key, value in state_dict.items():
+    path = flax_path(key, value.ndim)
+    if path not in expected:
+      unexpected.append(key)
+      continue
+    array = to_flax_array(key, value)
+    if tuple(array.shape) != tuple(expected[path].shape):
+      mismatched.append(f"{key}: checkpoint {value.shape} vs model {expected[path].shape}")
+      continue
+    filled[path] = array.astype(expected[path].dtype)
+  missing = ["/".join(p) for p in expected if p not in filled]
+  problems = []
+  if unexpected:
+    problems.append(f"unexpected keys: {sorted(unexpected)}")
+  if mismatched:
+    problems.append(f"shape mismatches: {mismatched}")
+  if missing and not mismatched:
+    problems.append(f"model params not filled: {sorted(missing)}")
+  if problems:
+    raise ConversionError("Checkpoint does not match the model; " + "; ".join(problems))
+  return traverse_util.unflatten_dict(filled)
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray]):
+  """Prefix-free state_dict -> (model config dict, Flax params)."""
+  from pixnerd_jax.models import PixNerDiT  # pylint: disable=import-outside-toplevel
+  model_cfg = infer_model_config(state_dict)
+  model = PixNerDiT(**model_cfg)
+  p = model_cfg["patch_size"]
+  shapes = jax.eval_shape(
+      model.init, jax.random.key(0), np.zeros((1, p, p, model_cfg["in_channels"]), np.float32),
+      np.zeros((1,), np.float32), np.zeros((1,), np.int32))["params"]
+  return model_cfg, state_dict_to_params(state_dict, shapes)

@@ -1,0 +1,122 @@
+"""Building blocks shared by the PixNerd trunk and decoder.
+
+Initialisers reproduce PyTorch's defaults so that a from-scratch run starts from
+the same distribution as the reference (spec section 2).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Dtype = Any
+
+# torch.nn.Linear: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_linear_bias_init(fan_in: int):
+  """torch.nn.Linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
+                kernel_init=None, bias_init=None, **kwargs) -> nn.Dense:
+  """nn.Dense initialised like torch.nn.Linear(fan_in, features) unless overridden."""
+  return nn.Dense(
+      features,
+      use_bias=use_bias,
+      kernel_init=kernel_init or torch_linear_kernel_init,
+      bias_init=bias_init or torch_linear_bias_init(fan_in),
+      **kwargs)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm over the last axis, statistics in float32, eps 1e-6, weight init 1."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    # The reference casts back to the input dtype before applying the weight.
+    normed = normed.astype(x.dtype).astype(jnp.float32)
+    return (normed * weight.astype(jnp.float32)).astype(self.dtype)
+
+
+def timestep_frequencies(t, dim: int = 256, max_period: float = 10.0):
+  """Sinusoidal features of raw t in [0, 1], cos first then sin.
+
+  Args:
+    t: (B,) float.
+  Returns:
+    (B, dim) float32.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-np.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+class TimestepEmbedder(nn.Module):
+  """t (B,) -> (B, hidden_size): sinusoidal features then a 2-layer SiLU MLP."""
+  hidden_size: int
+  frequency_size: int = 256
+  max_period: float = 10.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t):
+    emb = timestep_frequencies(t, self.frequency_size, self.max_period)
+    normal = nn.initializers.normal(0.02)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=normal)
+    h = torch_dense(self.hidden_size, self.frequency_size, name="mlp_0", **kw)(emb)
+    return torch_dense(self.hidden_size, self.hidden_size, name="mlp_2", **kw)(nn.silu(h))
+
+
+class LabelEmbedder(nn.Module):
+  """y (B,) int -> (B, hidden_size). Row `num_classes` is the null class."""
+  num_classes: int
+  hidden_size: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, y):
+    table = self.param("embedding_table", nn.initializers.normal(0.02),
+                       (self.num_classes + 1, self.hidden_size), self.param_dtype)
+    return jnp.take(table, y, axis=0).astype(self.dtype)
+
+
+class SwiGLU(nn.Module):
+  """w2(silu(w1 x) * w3 x); no biases. hidden_size is the already-reduced width."""
+  hidden_size: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    dim = x.shape[-1]
+    gate = torch_dense(self.hidden_size, dim, name="w1", **kw)(x)
+    value = torch_dense(self.hidden_size, dim, name="w3", **kw)(x)
+    return torch_dense(dim, self.hidden_size, name="w2", **kw)(nn.silu(gate) * value)
+
+
+def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
+  """The reference's c2i 2/3 rule: int(2 * int(D * ratio) / 3)."""
+  return int(2 * int(hidden_size * mlp_ratio) / 3)

@@ -1,0 +1,90 @@
+"""The neural-field decoder: per-patch MLPs whose weights the trunk predicts (spec 1.5-1.6)."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from pixnerd_jax.models import layers
+
+
+def dct_pixel_encoding(patch_size: int, max_freqs: int = 8) -> np.ndarray:
+  """DCT-style features of each pixel's coordinate inside a patch.
+
+  Frequencies are linspace(0, max_freqs, max_freqs) (not integers) and each cosine
+  product is damped by 1 / (1 + f_x * f_y); the x frequency is the slow index.
+
+  Returns:
+    (patch_size**2, max_freqs**2) float32, pixels in row-major (y, x) order.
+  """
+  coords = np.linspace(0, 1, patch_size, dtype=np.float32)
+  u_y, u_x = np.meshgrid(coords, coords, indexing="ij")
+  u_x, u_y = u_x.reshape(-1, 1, 1), u_y.reshape(-1, 1, 1)
+  freqs = np.linspace(0, max_freqs, max_freqs, dtype=np.float32)
+  f_x, f_y = freqs[None, :, None], freqs[None, None, :]
+  enc = np.cos(np.pi * f_x * u_x) * np.cos(np.pi * f_y * u_y) / (1 + f_x * f_y)
+  return enc.reshape(patch_size * patch_size, max_freqs * max_freqs).astype(np.float32)
+
+
+class NerfEmbedder(nn.Module):
+  """(N, P, C) pixel values -> (N, P, hidden_size_x): concat [pixels, DCT] then Linear."""
+  hidden_size_x: int
+  patch_size: int
+  max_freqs: int = 8
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels):
+    n, num_pixels, _ = pixels.shape
+    enc = jnp.asarray(dct_pixel_encoding(self.patch_size, self.max_freqs), pixels.dtype)
+    enc = jnp.broadcast_to(enc[None], (n, num_pixels, enc.shape[-1]))
+    inputs = jnp.concatenate([pixels, enc], axis=-1)
+    return layers.torch_dense(self.hidden_size_x, inputs.shape[-1], name="embedder_0",
+                              dtype=self.dtype, param_dtype=self.param_dtype)(inputs)
+
+
+def _normalize_inputs_axis(w, eps: float = 1e-12):
+  """L2-normalises each output unit's incoming weights. w: (N, in, out)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=-2, keepdims=True))
+  return w / jnp.maximum(norm, eps)
+
+
+class NerfBlock(nn.Module):
+  """One residual layer of the per-patch neural field, its weights made from the trunk.
+
+  Attributes:
+    mlp_ratio: field MLP width multiplier (hidden = hidden_size_x * mlp_ratio).
+  """
+  mlp_ratio: int = 2
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, s):
+    """h: (N, P, dx) field activations; s: (N, D) patch condition -> (N, P, dx)."""
+    n, _, dx = h.shape
+    hidden = dx * self.mlp_ratio
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    generated = layers.torch_dense(2 * dx * hidden, s.shape[-1], name="param_generator1_0",
+                                   **kw)(s)
+    w1 = generated[:, : dx * hidden].reshape(n, dx, hidden)
+    w2 = generated[:, dx * hidden:].reshape(n, hidden, dx)
+    w1 = _normalize_inputs_axis(w1.astype(jnp.float32)).astype(self.dtype)
+    w2 = _normalize_inputs_axis(w2.astype(jnp.float32)).astype(self.dtype)
+    normed = layers.RMSNorm(name="norm", **kw)(h)
+    field = nn.silu(jnp.einsum("npi,nio->npo", normed, w1))
+    return h + jnp.einsum("npo,nod->npd", field, w2)
+
+
+class NerfFinalLayer(nn.Module):
+  """RMSNorm then a zero-initialised Linear to pixel channels. (N, P, dx) -> (N, P, C)."""
+  out_channels: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = layers.RMSNorm(name="norm", **kw)(h)
+    return nn.Dense(self.out_channels, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros, name="linear", **kw)(h)

@@ -1,0 +1,109 @@
+"""PixNerd class-conditional diffusion transformer (spec 1.1).
+
+Images are NHWC here; the reference is NCHW. Patch features keep the reference's
+channel-major order (c, ky, kx) so official weights load unchanged.
+"""
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from pixnerd_jax.models import layers
+from pixnerd_jax.models.dit import FlattenDiTBlock
+from pixnerd_jax.models.nerf import NerfBlock, NerfEmbedder, NerfFinalLayer
+from pixnerd_jax.models.rope import rope_2d_angles
+
+
+def patchify(x, patch_size: int):
+  """(B, H, W, C) -> (B, L, C * p * p); tokens row-major, features channel-major."""
+  b, h, w, c = x.shape
+  p = patch_size
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 5, 2, 4)
+  return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens, height: int, width: int, patch_size: int):
+  """Inverse of `patchify`: (B, L, C * p * p) -> (B, H, W, C)."""
+  b = tokens.shape[0]
+  p = patch_size
+  c = tokens.shape[-1] // (p * p)
+  x = tokens.reshape(b, height // p, width // p, c, p, p).transpose(0, 1, 4, 2, 5, 3)
+  return x.reshape(b, height, width, c)
+
+
+class PatchEmbedder(nn.Module):
+  """(B, L, C * p * p) -> (B, L, D); xavier-uniform kernel, zero bias."""
+  hidden_size: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    return nn.Dense(self.hidden_size, kernel_init=nn.initializers.xavier_uniform(),
+                    bias_init=nn.initializers.zeros, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="proj")(tokens)
+
+
+class PixNerDiT(nn.Module):
+  """Predicts the flow velocity (data - noise) of a noisy image.
+
+  Field names follow the reference constructor so configs and checkpoints map 1:1.
+  Attributes:
+    num_groups: attention heads.
+    hidden_size_x: neural-field width (dx).
+    nerf_mlpratio: neural-field MLP ratio.
+    num_blocks: total blocks; the first `num_cond_blocks` are DiT, the rest NerfBlocks.
+    features_after_block: if set (1-based), sow the trunk residual stream after that
+      DiT block into the 'intermediates' collection as `trunk_features` (REPA hook).
+    attention_implementation: None (XLA) or "cudnn".
+    dtype: compute dtype; params stay in `param_dtype`.
+  """
+  in_channels: int = 3
+  patch_size: int = 16
+  num_groups: int = 16
+  hidden_size: int = 1152
+  hidden_size_x: int = 64
+  nerf_mlpratio: int = 2
+  num_blocks: int = 30
+  num_cond_blocks: int = 26
+  num_classes: int = 1000
+  max_freqs: int = 8
+  features_after_block: int | None = None
+  attention_implementation: str | None = None
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, y):
+    """x: (B, H, W, C) noisy image, t: (B,) in [0, 1] (1 = data), y: (B,) int labels
+    (num_classes = null). Returns the velocity, (B, H, W, C) in `dtype`."""
+    b, height, width, channels = x.shape
+    p = self.patch_size
+    if height % p or width % p:
+      raise ValueError(f"Image size {height}x{width} is not divisible by patch_size {p}.")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    grid_h, grid_w = height // p, width // p
+    head_dim = self.hidden_size // self.num_groups
+    rope_angles = jnp.asarray(rope_2d_angles(head_dim, grid_h, grid_w))
+
+    tokens = patchify(x.astype(self.dtype), p)
+    t_emb = layers.TimestepEmbedder(self.hidden_size, name="t_embedder", **kw)(t)[:, None]
+    y_emb = layers.LabelEmbedder(self.num_classes, self.hidden_size, name="y_embedder",
+                                 **kw)(y)[:, None]
+    cond = nn.silu(t_emb + y_emb)
+
+    s = PatchEmbedder(self.hidden_size, name="s_embedder", **kw)(tokens)
+    for i in range(self.num_cond_blocks):
+      s = FlattenDiTBlock(self.num_groups, attention_implementation=self.attention_implementation,
+                          name=f"blocks_{i}", **kw)(s, cond, rope_angles)
+      if self.features_after_block == i + 1:
+        self.sow("intermediates", "trunk_features", s)
+
+    # The decoder is conditioned on the timestep only, not the label.
+    s = nn.silu(t_emb + s).reshape(b * grid_h * grid_w, self.hidden_size)
+    pixels = tokens.reshape(b * grid_h * grid_w, channels, p * p).transpose(0, 2, 1)
+    h = NerfEmbedder(self.hidden_size_x, p, self.max_freqs, name="x_embedder", **kw)(pixels)
+    for i in range(self.num_cond_blocks, self.num_blocks):
+      h = NerfBlock(self.nerf_mlpratio, name=f"blocks_{i}", **kw)(h, s)
+    out = NerfFinalLayer(channels, name="final_layer", **kw)(h)
+    out = out.transpose(0, 2, 1).reshape(b, grid_h * grid_w, channels * p * p)
+    return unpatchify(out, height, width, p)
