@@ -18,6 +18,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from pixnerd_jax import checkpoint
+from pixnerd_jax import models
+from pixnerd_jax.diffusion import samplers
+
 EMA_PREFIX = "ema_denoiser."
 ONLINE_PREFIX = "denoiser."
 # Keys the denoiser does not own: REPA's projector lives in the trainer.
@@ -188,11 +192,92 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], param_shapes) -> 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray]):
   """Prefix-free state_dict -> (model config dict, Flax params)."""
-  from pixnerd_jax.models import PixNerDiT  # pylint: disable=import-outside-toplevel
   model_cfg = infer_model_config(state_dict)
-  model = PixNerDiT(**model_cfg)
-  p = model_cfg["patch_size"]
-  shapes = jax.eval_shape(
-      model.init, jax.random.key(0), np.zeros((1, p, p, model_cfg["in_channels"]), np.float32),
-      np.zeros((1,), np.float32), np.zeros((1,), np.int32))["params"]
+  shapes = models.param_shapes(models.PixNerDiT(**model_cfg))
   return model_cfg, state_dict_to_params(state_dict, shapes)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def convert_checkpoint(src: str, out: str, use_ema: bool = True) -> dict[str, Any]:
+  """Converts SRC to an Orbax params checkpoint in OUT; returns the model config."""
+  state_dict = select_denoiser(load_state_dict(src), use_ema=use_ema)
+  model_cfg, params = convert_state_dict(state_dict)
+  checkpoint.save_params(out, params, model_cfg)
+  return model_cfg
+
+
+def verify_fixture(path: str, forward_tol: float = 1e-4, sample_tol: float = 1e-3) -> bool:
+  """Runs the converted model and the Euler sampler on a reference fixture.
+
+  Prints the max absolute errors; returns whether both are within tolerance.
+  """
+  with np.load(path, allow_pickle=False) as data:
+    fixture = {k: data[k] for k in data.files}
+  cfg = json.loads(str(fixture["cfg_json"]))
+  state_dict = {k[3:]: v.astype(np.float32) for k, v in fixture.items() if k.startswith("sd/")}
+  model_cfg = dict(cfg["model"])
+  model = models.PixNerDiT(**model_cfg)
+  params = state_dict_to_params(state_dict, models.param_shapes(model))
+  inferred = infer_model_config(state_dict)
+  for key, value in inferred.items():
+    if key in model_cfg and model_cfg[key] != value:
+      print(f"warning: cfg_json says {key}={model_cfg[key]}, the weights say {value}")
+
+  velocity = jax.jit(lambda x, t, y: model.apply({"params": params}, x, t, y))
+  nhwc = lambda a: np.transpose(a, (0, 2, 3, 1))
+  out = velocity(nhwc(fixture["x"]), fixture["t"].astype(np.float32),
+                 fixture["y"].astype(np.int32))
+  forward_err = float(np.max(np.abs(np.asarray(out) - nhwc(fixture["out"]))))
+  print(f"forward: max abs error {forward_err:.3e} (tolerance {forward_tol:g})")
+  ok = forward_err <= forward_tol
+
+  if "sample_out" in fixture:
+    s = cfg["sampler"]
+    sample = jax.jit(lambda noise, labels: samplers.euler_sample(
+        velocity, noise, labels, num_steps=s["num_steps"], guidance=s.get("guidance", 1.0),
+        guidance_interval=(s.get("guidance_interval_min", 0.0),
+                           s.get("guidance_interval_max", 1.0)),
+        timeshift=s.get("timeshift", 1.0), last_step=s.get("last_step"),
+        null_class=model.num_classes))
+    result = sample(nhwc(fixture["noise"]), fixture["labels"].astype(np.int32))
+    sample_err = float(np.max(np.abs(np.asarray(result) - nhwc(fixture["sample_out"]))))
+    print(f"euler sampler ({s['num_steps']} steps, cfg {s.get('guidance', 1.0)}): "
+          f"max abs error {sample_err:.3e} (tolerance {sample_tol:g})")
+    ok = ok and sample_err <= sample_tol
+  print("PASS" if ok else "FAIL")
+  return ok
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m pixnerd_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  ckpt = sub.add_parser("checkpoint", help="official weights -> Orbax Flax params")
+  ckpt.add_argument("src", help=".ckpt, .pt/.pth, .safetensors or .npz")
+  ckpt.add_argument("--out", required=True, help="output directory (Orbax checkpoint)")
+  which = ckpt.add_mutually_exclusive_group()
+  which.add_argument("--ema", dest="use_ema", action="store_true", default=True,
+                     help="read ema_denoiser.* (default)")
+  which.add_argument("--online", dest="use_ema", action="store_false",
+                     help="read denoiser.* (the online weights)")
+  ver = sub.add_parser("verify", help="check a conversion against reference outputs")
+  ver.add_argument("fixture", help=".npz with sd/*, x, t, y, out[, noise, labels, sample_out]")
+  ver.add_argument("--forward_tol", type=float, default=1e-4)
+  ver.add_argument("--sample_tol", type=float, default=1e-3)
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "checkpoint":
+      model_cfg = convert_checkpoint(args.src, args.out, use_ema=args.use_ema)
+      n = models.count_params(checkpoint.load_params(args.out)[1])
+      print(f"wrote {args.out}: {n:,} params, model {json.dumps(model_cfg)}")
+      return 0
+    return 0 if verify_fixture(args.fixture, args.forward_tol, args.sample_tol) else 1
+  except (ConversionError, FileNotFoundError, ImportError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,5 +1,43 @@
 """PixNerd networks (Flax linen)."""
 
+import jax
+import jax.numpy as jnp
+
 from pixnerd_jax.models.pixnerd import PixNerDiT, patchify, unpatchify
 
-__all__ = ["PixNerDiT", "patchify", "unpatchify"]
+# Config fields that are not constructor arguments.
+_NOT_MODEL_FIELDS = ("preset",)
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(model_config, **extra) -> PixNerDiT:
+  """A PixNerDiT from a config block (ConfigDict or dict); dtype given by name."""
+  fields = {k: v for k, v in dict(model_config).items() if k not in _NOT_MODEL_FIELDS}
+  dtype = fields.pop("dtype", "float32")
+  if dtype not in _DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+  return PixNerDiT(dtype=_DTYPES[dtype], **fields, **extra)
+
+
+
+
+def dummy_inputs(model: PixNerDiT, batch: int = 1, height: int | None = None,
+                 width: int | None = None):
+  """Zero (x, t, y) inputs for init; the smallest valid image by default."""
+  height = height or model.patch_size
+  width = width or model.patch_size
+  return (jnp.zeros((batch, height, width, model.in_channels), jnp.float32),
+          jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32))
+
+
+def param_shapes(model: PixNerDiT):
+  """The param tree as jax.ShapeDtypeStructs, without allocating anything."""
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model)))["params"]
+
+
+def count_params(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+__all__ = ["PixNerDiT", "build_model", "count_params", "dummy_inputs", "param_shapes",
+           "patchify", "unpatchify"]

@@ -1,0 +1,1 @@
+"""Configs are plain Python files with get_config(); this package lets them share presets."""

@@ -1,0 +1,48 @@
+"""Model presets. Field names follow the reference constructor (PixNerDiT).
+
+L/16 and XL/16 are the released ImageNet models; S and B are our smaller settings with
+the same block layout; tiny is for tests.
+"""
+
+import ml_collections
+
+_PRESETS = {
+    # name: (patch_size, hidden_size, num_groups, hidden_size_x, num_blocks, num_cond_blocks)
+    "tiny": (4, 32, 2, 8, 3, 2),
+    "S/8": (8, 384, 6, 32, 12, 10),
+    "S/16": (16, 384, 6, 64, 12, 10),
+    "B/16": (16, 768, 12, 64, 12, 10),
+    "L/16": (16, 1024, 16, 64, 24, 22),
+    "XL/16": (16, 1152, 16, 64, 30, 26),
+}
+
+
+def names():
+  return sorted(_PRESETS)
+
+
+def get(name: str = "XL/16", **overrides) -> ml_collections.ConfigDict:
+  """The model config block for a preset; keyword overrides replace fields."""
+  if name not in _PRESETS:
+    raise ValueError(f"Unknown model preset {name!r}; choose one of {names()}.")
+  patch, hidden, heads, hidden_x, blocks, cond_blocks = _PRESETS[name]
+  cfg = ml_collections.ConfigDict(dict(
+      preset=name,
+      in_channels=3,
+      patch_size=patch,
+      hidden_size=hidden,
+      num_groups=heads,
+      hidden_size_x=hidden_x,
+      nerf_mlpratio=2,
+      num_blocks=blocks,
+      num_cond_blocks=cond_blocks,
+      num_classes=1000,
+      max_freqs=8,
+      # Compute dtype; params and optimizer state stay float32.
+      dtype="float32",
+      # None: XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16).
+      attention_implementation=None,
+  ))
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg

@@ -1,0 +1,150 @@
+"""Converter: parity with the official model through the official checkpoint formats."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from pixnerd_jax import checkpoint, convert
+from pixnerd_jax.models import PixNerDiT
+
+
+def _fixture(path):
+  with np.load(path) as data:
+    return {k: data[k] for k in data.files}
+
+
+def _state_dict(fixture):
+  return {k[3:]: v for k, v in fixture.items() if k.startswith("sd/")}
+
+
+def _nhwc(a):
+  return np.transpose(a, (0, 2, 3, 1))
+
+
+def test_forward_parity_on_reference_fixtures(reference_fixtures):
+  for path in reference_fixtures:
+    fixture = _fixture(path)
+    model_cfg, params = convert.convert_state_dict(_state_dict(fixture))
+    assert model_cfg.items() >= json.loads(str(fixture["cfg_json"]))["model"].items()
+    out = PixNerDiT(**model_cfg).apply({"params": params}, _nhwc(fixture["x"]), fixture["t"],
+                                       fixture["y"].astype(np.int32))
+    err = np.abs(np.asarray(out) - _nhwc(fixture["out"])).max()
+    assert err <= 1e-5, f"{path.name}: forward error {err}"
+
+
+def test_verify_command_passes_on_fixtures_and_fails_on_wrong_outputs(
+    reference_fixtures, tmp_path, capsys):
+  for path in reference_fixtures:
+    assert convert.main(["verify", str(path)]) == 0
+    assert "PASS" in capsys.readouterr().out
+  broken = _fixture(reference_fixtures[0])
+  broken["sample_out"] = broken["sample_out"] + 0.01
+  bad_path = tmp_path / "broken.npz"
+  np.savez(bad_path, **broken)
+  assert convert.main(["verify", str(bad_path)]) == 1
+  assert "FAIL" in capsys.readouterr().out
+
+
+def test_converts_lightning_ckpt_ema_by_default_and_online_on_request(
+    reference_fixtures, tmp_path):
+  torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .ckpt files")
+  sd = _state_dict(_fixture(reference_fixtures[0]))
+  online = {f"denoiser.{k}": torch.from_numpy(v) for k, v in sd.items()}
+  ema = {f"ema_denoiser.{k}": torch.from_numpy(v * 2) for k, v in sd.items()}
+  proj = {"diffusion_trainer.proj.0.0.weight": torch.zeros(4, 4)}
+  src = tmp_path / "epoch=1-step=10.ckpt"
+  torch.save({"state_dict": {**online, **ema, **proj}, "global_step": 10}, src)
+
+  assert convert.main(["checkpoint", str(src), "--out", str(tmp_path / "ema")]) == 0
+  assert convert.main(["checkpoint", str(src), "--out", str(tmp_path / "on"), "--online"]) == 0
+  _, ema_params = checkpoint.load_params(str(tmp_path / "ema"))
+  cfg, online_params = checkpoint.load_params(str(tmp_path / "on"))
+  assert cfg["num_classes"] == 10
+  key = sd["blocks.0.attn.qkv.weight"]
+  np.testing.assert_array_equal(online_params["blocks_0"]["attn"]["qkv"]["kernel"], key.T)
+  np.testing.assert_array_equal(ema_params["blocks_0"]["attn"]["qkv"]["kernel"], 2 * key.T)
+
+
+def test_converts_plain_pth_and_safetensors_identically(reference_fixtures, tmp_path):
+  torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .pth files")
+  from safetensors.numpy import save_file
+  sd = _state_dict(_fixture(reference_fixtures[0]))
+  torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "model.pth")
+  save_file(sd, str(tmp_path / "model.safetensors"))
+  a = convert.select_denoiser(convert.load_state_dict(str(tmp_path / "model.pth")))
+  b = convert.select_denoiser(convert.load_state_dict(str(tmp_path / "model.safetensors")))
+  _, pa = convert.convert_state_dict(a)
+  _, pb = convert.convert_state_dict(b)
+  jax.tree.map(np.testing.assert_array_equal, pa, pb)
+
+
+def test_pickles_with_code_are_refused(tmp_path):
+  pytest.importorskip("torch", reason="torch (CPU) is needed for this check")
+  import pickle
+
+  class Evil:
+    def __reduce__(self):
+      return (print, ("this must never run",))
+
+  path = tmp_path / "evil.pt"
+  with open(path, "wb") as f:
+    pickle.dump({"state_dict": Evil()}, f)
+  with pytest.raises(convert.ConversionError, match="weights_only=True"):
+    convert.load_state_dict(str(path))
+
+
+def test_missing_and_unexpected_keys_are_named(reference_fixtures):
+  sd = _state_dict(_fixture(reference_fixtures[0]))
+  sd.pop("blocks.1.mlp.w2.weight")
+  sd["blocks.1.mlp.w9.weight"] = np.zeros((3, 3), np.float32)
+  with pytest.raises(convert.ConversionError) as e:
+    convert.convert_state_dict(sd)
+  assert "blocks.1.mlp.w9.weight" in str(e.value)
+  assert "blocks_1/mlp/w2/kernel" in str(e.value)
+
+
+def test_shape_mismatch_is_named(reference_fixtures):
+  sd = _state_dict(_fixture(reference_fixtures[0]))
+  sd["blocks.0.attn.proj.bias"] = np.zeros((65,), np.float32)
+  with pytest.raises(convert.ConversionError, match="blocks.0.attn.proj.bias"):
+    convert.convert_state_dict(sd)
+
+
+def test_infers_released_architectures_from_key_shapes():
+  dx, d = 64, 1152
+  sd = {
+      "s_embedder.proj.weight": np.zeros((d, 768)),
+      "x_embedder.embedder.0.weight": np.zeros((dx, 67)),
+      "final_layer.linear.weight": np.zeros((3, dx)),
+      "y_embedder.embedding_table.weight": np.zeros((1001, d)),
+      "blocks.0.attn.q_norm.weight": np.zeros((72,)),
+  }
+  for i in range(26):
+    sd[f"blocks.{i}.attn.qkv.weight"] = None
+  for i in range(26, 30):
+    sd[f"blocks.{i}.param_generator1.0.weight"] = np.zeros((16384, d))
+  cfg = convert.infer_model_config(sd)
+  assert cfg == dict(in_channels=3, patch_size=16, num_groups=16, hidden_size=1152,
+                     hidden_size_x=64, nerf_mlpratio=2, num_blocks=30, num_cond_blocks=26,
+                     num_classes=1000, max_freqs=8)
+
+
+def test_clear_errors_for_bad_files(tmp_path, capsys):
+  assert convert.main(["checkpoint", str(tmp_path / "nope.ckpt"), "--out", "x"]) == 2
+  assert "not found" in capsys.readouterr().err
+  (tmp_path / "w.h5").write_bytes(b"")
+  assert convert.main(["checkpoint", str(tmp_path / "w.h5"), "--out", "x"]) == 2
+  assert "Unsupported checkpoint extension" in capsys.readouterr().err
+  with pytest.raises(checkpoint.CheckpointError, match="not a params checkpoint"):
+    checkpoint.load_params(str(tmp_path))
+
+
+def test_ckpt_without_torch_says_how_to_install(tmp_path, monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+  path = tmp_path / "model.ckpt"
+  path.write_bytes(b"\x80\x02}q\x00.")
+  with pytest.raises(ImportError, match="pip install torch==2.13.0"):
+    convert.load_state_dict(str(path))
