@@ -46,3 +46,55 @@ def load_params(directory: str):
   except Exception as e:  # orbax/tensorstore raise many types for damaged files
     raise CheckpointError(f"Could not read the params checkpoint {directory}: {e}") from e
   return model_config, params
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def create_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """Asynchronous, atomic (write-then-rename) checkpoints in workdir/checkpoints."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.keep_checkpoints, create=True, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(epath.Path(workdir).absolute() / "checkpoints",
+                               options=options, item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
+  """Starts an async save of the train state with the data iterator's position."""
+  from pixnerd_jax import data  # pylint: disable=import-outside-toplevel
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=data.iterator_checkpoint_args(data_iterator)), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
+  """Restores `step` into the structure/sharding of `state`; the iterator in place."""
+  from pixnerd_jax import data  # pylint: disable=import-outside-toplevel
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=data.iterator_checkpoint_args(data_iterator, restore=True)))
+  except Exception as e:  # orbax raises many types for damaged or foreign checkpoints
+    raise CheckpointError(
+        f"Could not restore the checkpoint of step {step} in {manager.directory}: {e}. If the "
+        "config changed since it was written, use the original config; if it is damaged, "
+        f"delete {manager.directory}/{step} to resume from the previous one.") from e
+  return restored.state, data_iterator
+
+
+def match_params(params, reference, source: str):
+  """Checks that loaded params have the tree and shapes of `reference`; returns them."""
+  loaded = {"/".join(map(str, k)): v.shape for k, v in
+            jax.tree_util.tree_flatten_with_path(params)[0]}
+  expected = {"/".join(map(str, k)): v.shape for k, v in
+              jax.tree_util.tree_flatten_with_path(reference)[0]}
+  if loaded != expected:
+    missing = sorted(set(expected) - set(loaded))
+    extra = sorted(set(loaded) - set(expected))
+    shapes = sorted(k for k in set(loaded) & set(expected) if loaded[k] != expected[k])
+    raise CheckpointError(
+        f"{source} does not fit config.model: missing {missing[:5]}, unexpected "
+        f"{extra[:5]}, different shapes {shapes[:5]}. Set config.model to the "
+        "checkpoint's model.json.")
+  return params

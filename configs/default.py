@@ -1,0 +1,81 @@
+"""Defaults for every knob; other configs import this and override.
+
+  python -m pixnerd_jax.main --config=configs/digits.py --workdir=/tmp/digits \
+      --config.batch_size=64
+"""
+
+import ml_collections
+
+from configs import models
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = models.get("S/16")
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="digits",          # digits | tfds | folder
+      tfds_name="imagenet2012",
+      data_dir=None,          # TFDS data_dir
+      split="train",
+      folder="",              # root/<class>/*.jpg for name=folder
+      resolution=32,
+      random_flip=False,      # the reference does not flip
+      shuffle=True,
+      num_workers=0,          # Grain worker processes per host; batches depend on it
+      prefetch_buffer_size=2,
+  ))
+
+  config.batch_size = 64      # global, over all hosts and devices
+  config.num_train_steps = 1000
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip_norm=0.0,     # 0 = no clipping (the reference's ImageNet setting)
+      schedule="constant",    # constant | cosine (cosine decays to min_lr_ratio * lr)
+      warmup_steps=0,
+      min_lr_ratio=0.0,
+  ))
+  config.ema_decay = 0.9999
+  # > 0: use min(ema_decay, (1 + step) / (ema_warmup + step)) so short runs average less.
+  config.ema_warmup = 0
+
+  config.diffusion = ml_collections.ConfigDict(dict(
+      time_distribution="logit_normal",  # logit_normal | uniform
+      time_mean=0.0,
+      time_std=1.0,
+      time_shift=1.0,
+      label_dropout=0.1,
+  ))
+
+  # Representation alignment (REPA); its loss joins through train.py's aux-loss hook.
+  config.repa = ml_collections.ConfigDict(dict(enabled=False, align_layer=8, weight=0.5))
+
+  # Sampler used for image grids and evaluation (EMA weights).
+  config.sampling = ml_collections.ConfigDict(dict(
+      num_steps=50,
+      guidance=2.0,
+      guidance_interval_min=0.1,
+      guidance_interval_max=1.0,
+      timeshift=1.0,
+      last_step=None,
+  ))
+
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 3
+  config.sample_every = 500     # sample grid to TensorBoard
+  config.eval_every = 500       # judge metrics (digits) on EMA samples; 0 = off
+  config.eval_num_samples = 200
+  config.final_eval_num_samples = 1000
+  config.grid_classes = 10      # rows of the sample grid (one class per row)
+
+  # A params checkpoint (from `convert checkpoint` or a training run) to start from.
+  config.init_from = ""
+  return config

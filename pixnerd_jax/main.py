@@ -1,0 +1,40 @@
+"""Entry point: python -m pixnerd_jax.main --config=configs/digits.py --workdir=DIR.
+
+Starting again with the same workdir resumes from its latest checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from pixnerd_jax import train
+from pixnerd_jax.checkpoint import CheckpointError
+from pixnerd_jax.validation import ConfigError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and samples go here.")
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ConfigError, CheckpointError, train.NonFiniteLossError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)

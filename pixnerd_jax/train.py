@@ -1,0 +1,281 @@
+"""Training: state, the pure train step, and the loop (checkpoints, metrics, samples).
+
+The per-step randomness is fold_in(seed, step), and the data iterator state is saved
+with every checkpoint, so a run restarted from any checkpoint replays exactly the
+same steps as an uninterrupted one.
+"""
+
+import functools
+import os
+import signal
+import time
+from typing import Any, Callable
+
+from absl import logging
+from clu import metric_writers
+from clu import parameter_overview
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from pixnerd_jax import checkpoint
+from pixnerd_jax import data as data_lib
+from pixnerd_jax import sharding
+from pixnerd_jax import validation
+from pixnerd_jax.diffusion import objective
+from pixnerd_jax.evaluation.during_training import TrainingEvaluator
+from pixnerd_jax.models import PixNerDiT, build_model, count_params, dummy_inputs
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def create_model(config: ml_collections.ConfigDict) -> PixNerDiT:
+  features_after = config.repa.align_layer if config.repa.enabled else None
+  return build_model(config.model, features_after_block=features_after)
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int):
+  """Linear warmup, then constant or cosine decay to min_lr_ratio * learning_rate."""
+  lr = opt.learning_rate
+  if opt.schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif opt.schedule == "cosine":
+    main = optax.cosine_decay_schedule(
+        lr, max(num_train_steps - opt.warmup_steps, 1), alpha=opt.min_lr_ratio)
+  else:
+    raise ValueError(f"config.optimizer.schedule must be 'constant' or 'cosine', got "
+                     f"{opt.schedule!r}.")
+  if opt.warmup_steps <= 0:
+    return main
+  warmup = optax.linear_schedule(0.0, lr, opt.warmup_steps)
+  return optax.join_schedules([warmup, main], [opt.warmup_steps])
+
+
+def create_optimizer(config: ml_collections.ConfigDict):
+  """AdamW (+ optional global-norm clipping) and its learning-rate schedule."""
+  opt = config.optimizer
+  schedule = learning_rate_schedule(opt, config.num_train_steps)
+  adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                      weight_decay=opt.weight_decay)
+  if opt.grad_clip_norm and opt.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw), schedule
+  return adamw, schedule
+
+
+def init_params(model: PixNerDiT, seed: int):
+  return model.init(jax.random.key(seed), *dummy_inputs(model))["params"]
+
+
+def create_train_state(params, tx) -> TrainState:
+  params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+
+
+def ema_decay_at(step, decay: float, warmup: int):
+  """The EMA decay used after `step` updates (warmup > 0 averages less early on)."""
+  if warmup <= 0:
+    return jnp.float32(decay)
+  step = step.astype(jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + step) / (warmup + step))
+
+
+def step_rng(seed: int, step):
+  """The key of one step: the same step always draws the same noise."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def train_step(state: TrainState, batch: dict, *, model: PixNerDiT, tx, schedule,
+               config: ml_collections.ConfigDict,
+               aux_loss_fn: Callable | None = None) -> tuple[TrainState, dict]:
+  """One optimizer update; pure, meant to be jitted with the state donated.
+
+  Args:
+    state: the TrainState.
+    batch: 'image' (B, H, W, C) in [-1, 1], 'label' (B,), and whatever aux_loss_fn needs.
+    aux_loss_fn: optional hook (features (B, L, D), batch, rng) -> (loss, metrics dict),
+      given the trunk features after block config.repa.align_layer (REPA).
+  Returns:
+    (new state, metrics: loss, fm_loss, grad_norm, learning_rate, ...).
+  """
+  rng = step_rng(config.seed, state.step)
+  rng_fm, rng_aux = jax.random.split(rng)
+  diff = config.diffusion
+  x_t, t, y, target = objective.flow_matching_inputs(
+      rng_fm, batch["image"], batch["label"], null_class=model.num_classes,
+      label_dropout=diff.label_dropout, time_distribution=diff.time_distribution,
+      time_mean=diff.time_mean, time_std=diff.time_std, time_shift=diff.time_shift)
+
+  def loss_fn(params):
+    if aux_loss_fn is None:
+      prediction = model.apply({"params": params}, x_t, t, y)
+      fm_loss = objective.velocity_loss(prediction, target)
+      return fm_loss, {"fm_loss": fm_loss}
+    prediction, inter = model.apply({"params": params}, x_t, t, y, mutable=["intermediates"])
+    fm_loss = objective.velocity_loss(prediction, target)
+    (features,) = inter["intermediates"]["trunk_features"]
+    aux_loss, aux_metrics = aux_loss_fn(params, features, batch, rng_aux)
+    return fm_loss + aux_loss, {"fm_loss": fm_loss, **aux_metrics}
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = ema_decay_at(state.step, config.ema_decay, config.ema_warmup)
+  ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
+                            params)
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                            opt_state=opt_state)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                 learning_rate=schedule(state.step))
+  return new_state, metrics
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks once per step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _first_nonfinite(pending: list[tuple[int, Any]]):
+  """Steps and loss arrays since the last check -> the first step whose loss is not finite."""
+  for step, loss in pending:
+    if not np.isfinite(np.asarray(loss)):
+      return step
+  return None
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+  stacked = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (or resumes) in `workdir`; returns the final state."""
+  validation.validate_config(config, workdir)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  logging.info("Config:\n%s", config)
+
+  mesh = sharding.create_mesh()
+  model = create_model(config)
+  tx, schedule = create_optimizer(config)
+
+  state_sharding = sharding.replicated(mesh)
+  state = jax.jit(lambda: create_train_state(init_params(model, config.seed), tx),
+                  out_shardings=state_sharding)()
+  parameter_overview.log_parameter_overview(state.params)
+  logging.info("Model: %s parameters", f"{count_params(state.params):,}")
+
+  train_iter = data_lib.create_train_iterator(
+      config.data, global_batch_size=config.batch_size, seed=config.seed)
+  manager = checkpoint.create_manager(workdir, config)
+  restored_step = manager.latest_step()
+  if restored_step is not None:
+    state, train_iter = checkpoint.restore(manager, restored_step, state, train_iter)
+    logging.info("Resumed from the checkpoint of step %d.", restored_step)
+  elif config.init_from:
+    _, params = checkpoint.load_params(config.init_from)
+    params = checkpoint.match_params(params, state.params, config.init_from)
+    state = jax.device_put(create_train_state(params, tx), state_sharding)
+    logging.info("Initialised params and EMA from %s.", config.init_from)
+  initial_step = int(state.step)
+  if initial_step == 0:
+    writer.write_hparams(validation.flat_hparams(config))
+
+  p_train_step = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+      donate_argnums=0, out_shardings=(state_sharding, state_sharding))
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_keys = ("image", "raw_image", "label") if config.repa.enabled else ("image", "label")
+  evaluator = TrainingEvaluator(config, model, workdir, writer)
+
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
+                                           writer=writer, every_steps=config.log_every)
+  history, pending_losses, skipped = [], [], 0
+  data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
+  step = initial_step
+  with _Preemption() as preemption:
+    for step in range(initial_step + 1, config.num_train_steps + 1):
+      wait_start = time.perf_counter()
+      local_batch = next(train_iter)
+      data_wait += time.perf_counter() - wait_start
+      skipped += int(local_batch.pop(data_lib.NUM_SKIPPED_KEY, 0))
+      batch = data_lib.make_global_batch(local_batch, batch_sharding, keys=batch_keys)
+      state, metrics = p_train_step(state, batch)
+      history.append(metrics)
+      pending_losses.append((step, metrics["loss"]))
+      report(step)
+
+      last = step == config.num_train_steps
+      stopping = preemption.requested or manager.reached_preemption(step)
+      if step % config.log_every == 0 or last or stopping:
+        _check_finite(pending_losses, manager)
+        scalars = _mean_metrics(history)
+        elapsed = time.perf_counter() - log_start
+        scalars.update({
+            "images_per_sec": config.batch_size * (step - log_step) / elapsed,
+            "data_wait_fraction": data_wait / elapsed,
+            "skipped_examples": float(skipped),
+        })
+        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        history, data_wait, log_start, log_step = [], 0.0, time.perf_counter(), step
+      if step % config.checkpoint_every == 0 or last or stopping:
+        _check_finite(pending_losses, manager)
+        checkpoint.save(manager, step, state, train_iter)
+      if stopping:
+        logging.warning("Stopped at step %d for preemption; restart to resume.", step)
+        break
+      if config.sample_every and (step % config.sample_every == 0 or last):
+        evaluator.write_sample_grid(step, state.ema_params)
+      if config.eval_every and step % config.eval_every == 0 and not last:
+        evaluator.evaluate(step, state.ema_params, config.eval_num_samples)
+
+  manager.wait_until_finished()
+  if step == config.num_train_steps and not preemption.requested:
+    if config.final_eval_num_samples:
+      evaluator.evaluate(step, state.ema_params, config.final_eval_num_samples, final=True)
+    evaluator.save_final_grid(state.ema_params)
+  writer.flush()
+  manager.close()
+  return state
+
+
+def _check_finite(pending: list, manager) -> None:
+  bad = _first_nonfinite(pending)
+  pending.clear()
+  if bad is not None:
+    manager.wait_until_finished()
+    last_good = manager.latest_step()
+    raise NonFiniteLossError(
+        f"Non-finite loss at step {bad}; training stopped. The last good checkpoint is "
+        f"step {last_good} (nothing was saved after the loss diverged). Lower "
+        "config.optimizer.learning_rate or set config.optimizer.grad_clip_norm, then "
+        "restart to resume from it.")

@@ -1,0 +1,107 @@
+"""Config validation, run once at start: every error names the field and the fix."""
+
+import uuid
+
+import jax
+import ml_collections
+from etils import epath
+
+DATASETS = ("digits", "tfds", "folder")
+DIGITS_CLASSES = 10
+
+
+class ConfigError(ValueError):
+  """A config value is invalid; the message names the field and how to fix it."""
+
+
+def _check(ok: bool, field: str, value, problem: str, fix: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field} = {value!r}: {problem}. Fix: {fix}")
+
+
+def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+  m, d, o = config.model, config.data, config.optimizer
+  _check(d.name in DATASETS, "data.name", d.name, "unknown dataset",
+         f"use one of {DATASETS}")
+  _check(d.resolution > 0 and d.resolution % m.patch_size == 0, "data.resolution",
+         d.resolution, f"not a positive multiple of model.patch_size={m.patch_size}",
+         f"pick a multiple of {m.patch_size}")
+  _check(m.hidden_size % m.num_groups == 0, "model.num_groups", m.num_groups,
+         f"does not divide model.hidden_size={m.hidden_size}", "choose a divisor")
+  head_dim = m.hidden_size // m.num_groups
+  _check(head_dim % 4 == 0, "model.num_groups", m.num_groups,
+         f"head dim {head_dim} is not a multiple of 4 (2-D RoPE needs x and y pairs)",
+         "change num_groups or hidden_size")
+  _check(0 < m.num_cond_blocks <= m.num_blocks, "model.num_cond_blocks", m.num_cond_blocks,
+         f"must be in 1..model.num_blocks={m.num_blocks}", "lower it or raise num_blocks")
+  _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "unknown dtype",
+         "use 'float32' or 'bfloat16'")
+  if d.name == "digits":
+    _check(m.num_classes == DIGITS_CLASSES, "model.num_classes", m.num_classes,
+           "the digits dataset has 10 classes", "set --config.model.num_classes=10")
+
+  devices, processes = jax.device_count(), jax.process_count()
+  _check(config.batch_size > 0 and config.batch_size % devices == 0, "batch_size",
+         config.batch_size, f"must be a positive multiple of the device count ({devices})",
+         f"use a multiple of {devices}")
+  _check(config.batch_size % processes == 0, "batch_size", config.batch_size,
+         f"must split evenly over {processes} processes", f"use a multiple of {processes}")
+  _check(config.num_train_steps > 0, "num_train_steps", config.num_train_steps,
+         "must be positive", "set a step count")
+  for field in ("log_every", "checkpoint_every"):
+    _check(config[field] > 0, field, config[field], "must be positive", "set a step interval")
+  _check(config.keep_checkpoints >= 1, "keep_checkpoints", config.keep_checkpoints,
+         "must keep at least one", "set it to 1 or more")
+
+  _check(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate, "must be positive",
+         "the reference uses 1e-4")
+  _check(o.schedule in ("constant", "cosine"), "optimizer.schedule", o.schedule,
+         "unknown schedule", "use 'constant' or 'cosine'")
+  _check(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "negative", "use >= 0")
+  _check(0.0 <= config.ema_decay < 1.0, "ema_decay", config.ema_decay,
+         "must be in [0, 1)", "the reference uses 0.9999")
+  diff = config.diffusion
+  _check(diff.time_distribution in ("logit_normal", "uniform"), "diffusion.time_distribution",
+         diff.time_distribution, "unknown distribution", "use 'logit_normal' or 'uniform'")
+  _check(0.0 <= diff.label_dropout < 1.0, "diffusion.label_dropout", diff.label_dropout,
+         "must be in [0, 1)", "the reference uses 0.1")
+  _check(diff.time_shift > 0, "diffusion.time_shift", diff.time_shift, "must be positive",
+         "1.0 means no shift")
+  _check(not config.repa.enabled, "repa.enabled", config.repa.enabled,
+         "REPA (the DINOv2 alignment loss) is not implemented yet",
+         "set --config.repa.enabled=False")
+  if workdir is not None:
+    _check_writable(workdir)
+
+
+def _check_writable(workdir: str) -> None:
+  path = epath.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_probe_{uuid.uuid4().hex}"
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # OSError locally, various for gs://
+    raise ConfigError(
+        f"--workdir={workdir!r} is not writable ({e}). Fix: choose a directory you can "
+        "write, or check the bucket's permissions.") from e
+
+
+def flat_hparams(config: ml_collections.ConfigDict) -> dict:
+  """Scalar config values with dotted keys, for TensorBoard's hparams plugin."""
+  out = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, ml_collections.ConfigDict):
+        visit(name + ".", value)
+      elif isinstance(value, (bool, int, float, str)):
+        out[name] = value
+      elif value is None:
+        out[name] = "None"
+      else:
+        out[name] = str(value)
+
+  visit("", config)
+  return out
