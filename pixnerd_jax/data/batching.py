@@ -1,0 +1,90 @@
+"""Full-batch assembly that drops failed examples and counts them.
+
+Grain's own `filter` + `batch` would drop bad examples silently. This stage
+consumes a stream in which a failed example is `None`, always emits full
+batches, and records in each batch how many examples were dropped while
+assembling it (`num_skipped`). The count lives in the batch rather than in a
+module-level counter because the stage usually runs in a worker process,
+where a global would be invisible to the trainer.
+"""
+
+from typing import Any
+
+import grain
+import numpy as np
+
+NUM_SKIPPED_KEY = 'num_skipped'
+
+
+class FullBatchIterDataset(grain.IterDataset):
+  """Batches dicts of arrays, skipping `None` elements.
+
+  Output: dict of stacked arrays (batch_size, ...) plus `num_skipped`, an
+  int32 scalar: the `None`s consumed since the previous batch.
+  """
+
+  def __init__(self, parent: grain.IterDataset, *, batch_size: int,
+               max_consecutive_skips: int):
+    """Initialises the stage.
+
+    Args:
+      parent: stream of dicts of numpy arrays, or `None` for a failed example.
+      batch_size: examples per batch; every emitted batch is full.
+      max_consecutive_skips: more consecutive `None`s than this raises
+        RuntimeError (e.g. a whole epoch of unreadable files), instead of
+        looping forever.
+    """
+    super().__init__(parent)
+    if batch_size <= 0:
+      raise ValueError(f'batch_size must be positive, got {batch_size}.')
+    self._batch_size = batch_size
+    self._max_consecutive_skips = max_consecutive_skips
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _FullBatchIterator(self._parent.__iter__(), self._batch_size,
+                              self._max_consecutive_skips)
+
+  def __str__(self) -> str:
+    return f'FullBatchIterDataset(batch_size={self._batch_size})'
+
+
+class _FullBatchIterator(grain.DatasetIterator):
+  """Iterator of `FullBatchIterDataset`."""
+
+  def __init__(self, parent: grain.DatasetIterator, batch_size: int,
+               max_consecutive_skips: int):
+    super().__init__(parent)
+    self._batch_size = batch_size
+    self._max_consecutive_skips = max_consecutive_skips
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    examples = []
+    skipped = 0
+    consecutive = 0
+    # A batch is assembled in one call, so the parent's state after a batch is
+    # the complete state of this stage (nothing half-consumed is held here).
+    while len(examples) < self._batch_size:
+      example = next(self._parent)  # A finite parent drops its remainder.
+      if example is None:
+        skipped += 1
+        consecutive += 1
+        if consecutive > self._max_consecutive_skips:
+          raise RuntimeError(
+              f'{consecutive} consecutive examples failed to load; the data '
+              'source looks unreadable (see the warnings logged for each).')
+        continue
+      consecutive = 0
+      examples.append(example)
+    batch = {key: np.stack([example[key] for example in examples])
+             for key in examples[0]}
+    batch[NUM_SKIPPED_KEY] = np.asarray(skipped, np.int32)
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state)
+
+  def __str__(self) -> str:
+    return f'_FullBatchIterator(batch_size={self._batch_size})'

@@ -1,0 +1,31 @@
+"""Host-local numpy batches -> globally sharded jax.Arrays."""
+
+from typing import Sequence
+
+import jax
+import numpy as np
+
+# The batch fields that carry a leading batch axis. `num_skipped` is a
+# per-host scalar meant for logging, so it is not part of the global batch.
+BATCH_KEYS = ('image', 'raw_image', 'label')
+
+
+def make_global_batch(
+    local_batch: dict[str, np.ndarray],
+    sharding: jax.sharding.Sharding,
+    keys: Sequence[str] = BATCH_KEYS,
+) -> dict[str, jax.Array]:
+  """Assembles each process's local batch into global arrays.
+
+  Args:
+    local_batch: this process's batch, arrays with leading dim local_batch.
+    sharding: e.g. `NamedSharding(mesh, PartitionSpec('data'))`, splitting
+      the batch axis (only) over devices; used for every field.
+    keys: the fields to convert (others, e.g. `num_skipped`, are left out).
+
+  Returns:
+    {key: jax.Array with leading dim local_batch * process_count}.
+  """
+  return {key: jax.make_array_from_process_local_data(sharding,
+                                                      local_batch[key])
+          for key in keys}

@@ -1,0 +1,81 @@
+"""Per-example and per-batch functions run inside the Grain pipeline.
+
+Kept free of JAX so that they are cheap to unpickle in worker processes.
+"""
+
+from typing import Optional, Protocol
+
+from absl import logging
+import numpy as np
+
+from pixnerd_jax.data import preprocess
+
+
+class Source(Protocol):
+  """What the pipeline needs from a data source (digits, folder, tfds)."""
+
+  def __len__(self) -> int:
+    ...
+
+  def load(self, index: int) -> tuple[np.ndarray, int]:
+    """(S, S, 3) uint8 in 0..255 or float32 in [0, 1], and the label.
+
+    Raises on a corrupt / unreadable example.
+    """
+    ...
+
+  def describe(self, index: int) -> str:
+    """A human-readable name of the example (path, record id) for logs."""
+    ...
+
+
+class LoadExample:
+  """Maps (stream position, source index) -> example dict, or None on failure.
+
+  Used with `MapDataset.map_with_index` on the repeated, shuffled index
+  stream. The position in that stream (not the source index) seeds the flip,
+  so each epoch flips an image independently, and the result does not depend
+  on the number of hosts or workers.
+  """
+
+  def __init__(self, source: Source, *, random_flip: bool, seed: int):
+    self._source = source
+    self._random_flip = random_flip
+    self._seed = seed
+
+  def __call__(self, position: int,
+               index: int) -> Optional[dict[str, np.ndarray]]:
+    index = int(index)
+    try:
+      pixels, label = self._source.load(index)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # Corrupt bytes make PIL raise many different types (OSError,
+      # SyntaxError, ValueError, struct.error, ...). Any of them means "skip
+      # this example"; `FullBatchIterDataset` counts the None.
+      logging.warning('Skipping unreadable example %s: %s: %s',
+                      self._source.describe(index), type(e).__name__, e)
+      return None
+    if self._random_flip:
+      rng = np.random.default_rng((self._seed, position))
+      if rng.random() < 0.5:
+        pixels = pixels[:, ::-1]
+    return {'pixels': np.ascontiguousarray(pixels),
+            'label': np.asarray(label, np.int32)}
+
+
+def to_model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Batch of `pixels` -> `raw_image` in [0, 1] and `image` in [-1, 1].
+
+  Args:
+    batch: `pixels` (B, S, S, 3) uint8 or float32, `label` (B,), and
+      `num_skipped` ().
+
+  Returns:
+    `image` float32 (B, S, S, 3) in [-1, 1], `raw_image` float32 (B, S, S, 3)
+    in [0, 1], `label` int32 (B,), `num_skipped` int32 ().
+  """
+  raw = preprocess.to_unit_float(batch['pixels'])
+  out = {key: value for key, value in batch.items() if key != 'pixels'}
+  out['image'] = preprocess.to_model_range(raw)
+  out['raw_image'] = raw
+  return out

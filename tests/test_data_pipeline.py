@@ -1,0 +1,228 @@
+"""Tests of the Grain training pipeline on the digits and folder sources."""
+
+import itertools
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+from sklearn import datasets as sk_datasets
+
+from pixnerd_jax import data
+from pixnerd_jax.data import folder
+from tests import data_test_utils as utils
+
+
+def _take(iterator, n):
+  return list(itertools.islice(iterator, n))
+
+
+def test_digits_batches_have_the_documented_shapes_and_ranges():
+  it = data.create_train_iterator(utils.make_config(resolution=32),
+                                  global_batch_size=16, seed=0)
+  for batch in _take(it, 3):
+    assert batch['image'].shape == (16, 32, 32, 3)
+    assert batch['raw_image'].shape == (16, 32, 32, 3)
+    assert batch['image'].dtype == batch['raw_image'].dtype == np.float32
+    assert batch['label'].shape == (16,) and batch['label'].dtype == np.int32
+    assert batch['num_skipped'] == 0
+    assert 0.0 <= batch['raw_image'].min() and batch['raw_image'].max() <= 1.0
+    assert set(batch['label']) <= set(range(10))
+    np.testing.assert_allclose(batch['image'], batch['raw_image'] * 2 - 1,
+                               atol=1e-6)
+    # Grey replicated to RGB; real digits have ink (not blank images).
+    np.testing.assert_array_equal(batch['raw_image'][..., 0],
+                                  batch['raw_image'][..., 2])
+    assert (batch['raw_image'].max(axis=(1, 2, 3)) > 0.5).all()
+
+
+def test_digits_are_sklearn_digits_upsampled_with_float_bicubic():
+  it = data.create_train_iterator(
+      utils.make_config(resolution=16, shuffle=False), global_batch_size=8,
+      seed=0)
+  batch = next(it)
+  sk = sk_datasets.load_digits()
+  for i in range(8):
+    grey = Image.fromarray(sk.images[i].astype(np.float32) / 16, mode='F')
+    expected = np.clip(np.asarray(grey.resize((16, 16), Image.BICUBIC)), 0, 1)
+    np.testing.assert_allclose(batch['raw_image'][i, ..., 1], expected,
+                               atol=1e-6)
+    assert batch['label'][i] == sk.target[i]
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+  config = utils.make_config()
+  first = _take(data.create_train_iterator(config, global_batch_size=8,
+                                           seed=3), 3)
+  again = _take(data.create_train_iterator(config, global_batch_size=8,
+                                           seed=3), 3)
+  other = _take(data.create_train_iterator(config, global_batch_size=8,
+                                           seed=4), 3)
+  for a, b in zip(first, again):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(first[0]['image'], other[0]['image'])
+
+
+def test_epochs_cover_every_image_once_and_are_reshuffled(tmp_path):
+  grey_to_label = utils.make_distinct_folder(tmp_path, 16)
+  config = utils.make_config(name='folder', folder=str(tmp_path),
+                             resolution=4)
+  batches = _take(data.create_train_iterator(config, global_batch_size=8,
+                                             seed=0), 4)
+  epoch0 = utils.greys_of(batches[0]) + utils.greys_of(batches[1])
+  epoch1 = utils.greys_of(batches[2]) + utils.greys_of(batches[3])
+  assert sorted(epoch0) == sorted(epoch1) == sorted(grey_to_label)
+  assert epoch0 != epoch1
+  assert epoch0 != sorted(epoch0)  # Shuffled at all.
+  for batch in batches:
+    assert [grey_to_label[g] for g in utils.greys_of(batch)] == list(
+        batch['label'])
+
+
+def test_processes_read_disjoint_shards(tmp_path):
+  utils.make_distinct_folder(tmp_path, 16)
+  config = utils.make_config(name='folder', folder=str(tmp_path),
+                             resolution=4)
+  seen = []
+  for process_index in range(2):
+    it = data.create_train_iterator(
+        config, global_batch_size=8, seed=0, process_index=process_index,
+        process_count=2)
+    batches = _take(it, 2)  # 2 x local batch 4 = half of the 16 images.
+    assert all(b['image'].shape[0] == 4 for b in batches)
+    seen.append(set(utils.greys_of(batches[0]) + utils.greys_of(batches[1])))
+  assert len(seen[0]) == len(seen[1]) == 8
+  assert not seen[0] & seen[1]
+
+
+def test_random_flip_mirrors_some_images_deterministically():
+  plain = next(data.create_train_iterator(
+      utils.make_config(shuffle=False), global_batch_size=64, seed=0))
+  config = utils.make_config(shuffle=False, random_flip=True)
+  flipped = next(data.create_train_iterator(config, global_batch_size=64,
+                                            seed=0))
+  again = next(data.create_train_iterator(config, global_batch_size=64,
+                                          seed=0))
+  np.testing.assert_array_equal(flipped['image'], again['image'])
+  same = [np.array_equal(f, p) for f, p in zip(flipped['image'],
+                                                plain['image'])]
+  mirrored = [np.array_equal(f, p[:, ::-1]) for f, p in zip(
+      flipped['image'], plain['image'])]
+  assert all(s or m for s, m in zip(same, mirrored))
+  assert 10 < sum(m and not s for s, m in zip(same, mirrored)) < 54
+
+
+def test_folder_classes_sorted_and_bad_extensions_ignored(tmp_path):
+  utils.make_mixed_folder(tmp_path)
+  class_names, paths, labels = folder.scan_folder(str(tmp_path))
+  assert class_names == ['ant', 'zebra']
+  assert len(paths) == 10  # notes.txt is not listed.
+  assert not any(p.endswith('.txt') for p in paths)
+  assert list(labels) == [0] * 4 + [1] * 6
+
+
+def test_folder_modes_decode_to_rgb(tmp_path):
+  utils.make_mixed_folder(tmp_path)
+  source = folder.FolderSource(str(tmp_path), 8)
+  by_name = {source.path(i).rsplit('/', 1)[-1]: i for i in range(len(source))}
+  expected = {'grey.png': (77, 77, 77), 'rgba.png': (1, 2, 3),
+              'palette.png': (200, 40, 10)}
+  for name, colour in expected.items():
+    pixels, label = source.load(by_name[name])
+    assert pixels.shape == (8, 8, 3) and label == 0
+    np.testing.assert_array_equal(pixels, np.broadcast_to(colour, (8, 8, 3)))
+
+
+def test_bad_files_are_skipped_counted_and_batches_stay_full(tmp_path):
+  utils.make_mixed_folder(tmp_path)
+  config = utils.make_config(name='folder', folder=str(tmp_path),
+                             resolution=8, shuffle=False)
+  source = folder.FolderSource(str(tmp_path), 8)
+  is_bad = [source.path(i).endswith(utils.BAD_NAMES)
+            for i in range(len(source))]
+  assert sum(is_bad) == 3
+  it = data.create_train_iterator(config, global_batch_size=4, seed=0)
+  consumed = 0
+  total_skipped = 0
+  for batch in _take(it, 12):
+    assert batch['image'].shape == (4, 8, 8, 3)
+    assert np.isfinite(batch['image']).all()
+    consumed += 4 + int(batch['num_skipped'])
+    total_skipped += int(batch['num_skipped'])
+  # Unshuffled: stream position p is file p % len(source).
+  expected = sum(is_bad[p % len(source)] for p in range(consumed))
+  assert total_skipped == expected >= 9  # 48 good reads span >4 epochs.
+
+
+def test_all_files_bad_raises_instead_of_looping(tmp_path):
+  for i in range(4):
+    (tmp_path / 'a').mkdir(exist_ok=True)
+    (tmp_path / 'a' / f'{i}.png').write_bytes(b'junk')
+  it = data.create_train_iterator(
+      utils.make_config(name='folder', folder=str(tmp_path)),
+      global_batch_size=2, seed=0)
+  with pytest.raises(RuntimeError, match='consecutive'):
+    next(it)
+
+
+def test_missing_root_raises_file_not_found(tmp_path):
+  missing = tmp_path / 'nope'
+  with pytest.raises(FileNotFoundError, match='nope'):
+    data.create_train_iterator(
+        utils.make_config(name='folder', folder=str(missing)),
+        global_batch_size=2, seed=0)
+
+
+def test_empty_class_folder_raises_naming_it(tmp_path):
+  utils.make_distinct_folder(tmp_path, 4)
+  (tmp_path / 'empty_class').mkdir()
+  (tmp_path / 'empty_class' / 'readme.txt').write_text('no images here')
+  with pytest.raises(ValueError, match='empty_class'):
+    data.create_train_iterator(
+        utils.make_config(name='folder', folder=str(tmp_path)),
+        global_batch_size=2, seed=0)
+
+
+def test_root_without_class_folders_raises(tmp_path):
+  utils.save_image(tmp_path / 'loose.png', Image.new('RGB', (8, 8)))
+  with pytest.raises(ValueError, match='no class sub-folders'):
+    data.create_train_iterator(
+        utils.make_config(name='folder', folder=str(tmp_path)),
+        global_batch_size=2, seed=0)
+
+
+def test_fewer_examples_than_a_global_batch_raises(tmp_path):
+  utils.make_distinct_folder(tmp_path, 6)
+  with pytest.raises(ValueError, match='fewer than one global batch'):
+    data.create_train_iterator(
+        utils.make_config(name='folder', folder=str(tmp_path)),
+        global_batch_size=8, seed=0)
+
+
+def test_batch_must_divide_over_processes():
+  with pytest.raises(ValueError, match='multiple'):
+    data.create_train_iterator(utils.make_config(), global_batch_size=9,
+                               seed=0, process_index=0, process_count=2)
+
+
+def test_unknown_source_name_raises():
+  with pytest.raises(ValueError, match='imagenet_folder'):
+    data.create_train_iterator(utils.make_config(name='imagenet_folder'),
+                               global_batch_size=8, seed=0)
+
+
+def test_make_global_batch_shards_the_batch_axis():
+  devices = np.array(jax.devices())
+  mesh = jax.sharding.Mesh(devices, ('data',))
+  sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('data'))
+  local = next(data.create_train_iterator(
+      utils.make_config(resolution=8), global_batch_size=4 * len(devices),
+      seed=0))
+  global_batch = data.make_global_batch(local, sharding)
+  assert set(global_batch) == {'image', 'raw_image', 'label'}
+  for key, value in global_batch.items():
+    assert isinstance(value, jax.Array)
+    assert value.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(value), local[key])
