@@ -98,3 +98,23 @@ def match_params(params, reference, source: str):
         f"{extra[:5]}, different shapes {shapes[:5]}. Set config.model to the "
         "checkpoint's model.json.")
   return params
+
+
+def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
+  """(step, state as nested dicts) from a training workdir: params, ema_params, ... .
+
+  Reads the latest checkpoint unless `step` is given; no config or model needed.
+  """
+  directory = epath.Path(workdir).absolute() / "checkpoints"
+  if not directory.exists():
+    raise CheckpointError(f"No checkpoints in {workdir}: {directory} does not exist.")
+  with ocp.CheckpointManager(directory, item_names=("state", "data")) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"No complete checkpoint in {directory}.")
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))
+    except Exception as e:  # damaged files raise many types
+      raise CheckpointError(f"Could not read checkpoint {step} in {directory}: {e}") from e
+  return step, restored.state

@@ -22,9 +22,17 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digit
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+  """Drops INFO records from Orbax's very chatty checkpoint logging."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or "orbax" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

@@ -135,7 +135,7 @@ def train_step(state: TrainState, batch: dict, *, model: PixNerDiT, tx, schedule
                             params)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                             opt_state=opt_state)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                  learning_rate=schedule(state.step))
   return new_state, metrics
 

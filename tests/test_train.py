@@ -1,0 +1,203 @@
+"""The trainer: learning, exact resume after SIGKILL/SIGTERM, guards, config errors."""
+
+import functools
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from pixnerd_jax import checkpoint, data, train, validation
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+  config = tiny.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_loss_goes_down_on_digits():
+  config = _config()
+  model = train.create_model(config)
+  tx, schedule = train.create_optimizer(config)
+  state = train.create_train_state(train.init_params(model, 0), tx)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                                   config=config))
+  it = data.create_train_iterator(config.data, global_batch_size=32, seed=0)
+  losses = []
+  for _ in range(60):
+    batch = next(it)
+    state, metrics = step(state, {"image": batch["image"], "label": batch["label"]})
+    losses.append(float(metrics["loss"]))
+  assert int(state.step) == 60
+  assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:5]), losses
+  # EMA trails the online weights.
+  leaf = lambda t: np.asarray(jax.tree.leaves(t)[0])
+  assert not np.array_equal(leaf(state.ema_params), leaf(state.params))
+
+
+def test_step_noise_depends_only_on_step():
+  a = jax.random.normal(train.step_rng(0, jnp.int32(5)), (3,))
+  b = jax.random.normal(train.step_rng(0, jnp.int32(5)), (3,))
+  c = jax.random.normal(train.step_rng(0, jnp.int32(6)), (3,))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_ema_warmup_and_schedule():
+  assert float(train.ema_decay_at(jnp.int32(0), 0.999, 10)) == pytest.approx(0.1)
+  assert float(train.ema_decay_at(jnp.int32(10**6), 0.999, 10)) == pytest.approx(0.999)
+  assert float(train.ema_decay_at(jnp.int32(0), 0.9999, 0)) == pytest.approx(0.9999)
+  config = _config(**{"optimizer.warmup_steps": 10, "optimizer.schedule": "cosine",
+                      "num_train_steps": 110})
+  _, schedule = train.create_optimizer(config)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(1e-3)
+  assert float(schedule(110)) == pytest.approx(0.0, abs=1e-9)
+
+
+def _params(workdir):
+  step, state = checkpoint.load_train_state(str(workdir))
+  return step, state
+
+
+def _assert_same_tree(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _main_cmd(workdir, *overrides):
+  return [sys.executable, "-m", "pixnerd_jax.main", "--config=configs/tiny.py",
+          f"--workdir={workdir}", *overrides]
+
+
+def _run_until_checkpoint_then_signal(cmd, workdir, sig):
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run ended before it could be interrupted"
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_run_resumes_bitwise_identical(tmp_path, sig):
+  overrides = ["--config.num_train_steps=120", "--config.checkpoint_every=5",
+               "--config.log_every=5"]
+  reference = tmp_path / "reference"
+  train.train_and_evaluate(_config(num_train_steps=120, checkpoint_every=5, log_every=5),
+                           str(reference))
+
+  interrupted = tmp_path / "interrupted"
+  code, err = _run_until_checkpoint_then_signal(_main_cmd(interrupted, *overrides),
+                                                interrupted, sig)
+  if sig == signal.SIGTERM:
+    assert code == 0, err  # saves and exits cleanly
+  else:
+    assert code == -signal.SIGKILL
+  stopped_at, _ = _params(interrupted)
+  assert stopped_at < 120
+
+  resumed = subprocess.run(_main_cmd(interrupted, *overrides), cwd=ROOT,
+                           capture_output=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+  step_a, state_a = _params(reference)
+  step_b, state_b = _params(interrupted)
+  assert step_a == step_b == 120
+  _assert_same_tree(state_a["params"], state_b["params"])
+  _assert_same_tree(state_a["ema_params"], state_b["ema_params"])
+  _assert_same_tree(state_a["opt_state"], state_b["opt_state"])
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = _config(checkpoint_every=1, log_every=1, num_train_steps=10,
+                   **{"optimizer.learning_rate": 1e38, "optimizer.warmup_steps": 0})
+  with pytest.raises(train.NonFiniteLossError, match=r"Non-finite loss at step (\d+)") as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(e.value.args[0].split("step ")[1].split(";")[0])
+  step, state = _params(tmp_path)
+  assert step == bad_step - 1
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_sample_grid_and_events_are_written(tmp_path):
+  config = _config(num_train_steps=4, sample_every=2, checkpoint_every=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  from PIL import Image
+  grid = Image.open(tmp_path / "samples_final.png")
+  assert grid.size[0] > 8 * 16 and grid.size[1] > 10 * 16
+  assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_init_from_params_checkpoint(tmp_path):
+  config = _config(num_train_steps=1)
+  model = train.create_model(config)
+  params = jax.tree.map(lambda p: p + 1.0, train.init_params(model, 123))
+  checkpoint.save_params(str(tmp_path / "init"), params, dict(config.model))
+  config.init_from = str(tmp_path / "init")
+  config.optimizer.learning_rate = 1e-12
+  state = train.train_and_evaluate(config, str(tmp_path / "run"))
+  np.testing.assert_allclose(np.asarray(state.params["final_layer"]["linear"]["bias"]),
+                             np.asarray(params["final_layer"]["linear"]["bias"]), atol=1e-6)
+  bad = _config(num_train_steps=1, init_from=str(tmp_path / "init"))
+  bad.model.hidden_size = 64
+  bad.model.num_groups = 4
+  with pytest.raises(checkpoint.CheckpointError, match="does not fit config.model"):
+    train.train_and_evaluate(bad, str(tmp_path / "run2"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.resolution", 18, "config.data.resolution = 18"),
+    ("data.name", "imagenet", "config.data.name = 'imagenet'"),
+    ("model.num_classes", 1000, "config.model.num_classes = 1000"),
+    ("model.num_groups", 3, "config.model.num_groups = 3"),
+    ("optimizer.learning_rate", -1.0, "config.optimizer.learning_rate"),
+    ("ema_decay", 1.0, "config.ema_decay"),
+    ("diffusion.time_distribution", "beta", "config.diffusion.time_distribution"),
+])
+def test_bad_config_values_are_named(field, value, message):
+  with pytest.raises(validation.ConfigError, match=message.replace(".", r"\.")):
+    validation.validate_config(_config(**{field: value}))
+
+
+def test_batch_must_divide_over_devices(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  with pytest.raises(validation.ConfigError, match="config.batch_size = 12.*multiple of 8"):
+    validation.validate_config(_config(batch_size=12))
+
+
+def test_unwritable_workdir_is_reported(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(validation.ConfigError, match="--workdir"):
+    validation.validate_config(_config(), str(blocker / "sub"))
+
+
+def test_main_reports_bad_config_without_traceback(tmp_path):
+  result = subprocess.run(_main_cmd(tmp_path, "--config.data.resolution=18"), cwd=ROOT,
+                          capture_output=True, timeout=300)
+  assert result.returncode == 1
+  err = result.stderr.decode()
+  assert "error: config.data.resolution = 18" in err
+  assert "Traceback" not in err
