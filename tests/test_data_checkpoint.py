@@ -31,6 +31,8 @@ def test_set_state_resumes_bitwise(num_workers):
   _assert_batches_equal(expected, list(itertools.islice(fresh, 2)))
   # The restored position is not the start: the first batch differs.
   assert not np.array_equal(before[0]['image'], expected[0]['image'])
+  # Plain arrays, not views of worker shared memory that Grain may free.
+  assert all(type(v) is np.ndarray for b in before for v in b.values())
   for iterator in (it, fresh):
     iterator.close()
 

@@ -75,7 +75,10 @@ def to_model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     in [0, 1], `label` int32 (B,), `num_skipped` int32 ().
   """
   raw = preprocess.to_unit_float(batch['pixels'])
-  out = {key: value for key, value in batch.items() if key != 'pixels'}
+  # Plain copies: arrays from worker processes are views of shared memory
+  # that Grain frees when they are garbage collected.
+  out = {key: np.array(value) for key, value in batch.items()
+         if key != 'pixels'}
   out['image'] = preprocess.to_model_range(raw)
   out['raw_image'] = raw
   return out

@@ -102,6 +102,9 @@ def to_unit_float(pixels: np.ndarray) -> np.ndarray:
   Returns:
     float32 array of the same shape, in [0, 1].
   """
+  # asarray: a plain ndarray result even for ndarray subclasses (Grain's
+  # shared-memory arrays); astype then always copies.
+  pixels = np.asarray(pixels)
   if pixels.dtype == np.uint8:
     # Same as torchvision's ToTensor: x / 255.
     return pixels.astype(np.float32) / np.float32(255.0)
