@@ -19,6 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from pixnerd_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -48,7 +49,7 @@ def write_jpegs(root: pathlib.Path, num_images: int, num_classes: int,
 def measure(root: str, resolution: int, num_workers: int, batch_size: int,
             num_threads: int, warmup: int, num_batches: int) -> float:
   """Images/s after `warmup` batches (which include worker start-up)."""
-  config = data.get_config()
+  config = default_config.get_config().data
   config.update(dict(name='folder', folder=root, resolution=resolution,
                      num_workers=num_workers, num_threads=num_threads))
   iterator = data.create_train_iterator(config, global_batch_size=batch_size,
