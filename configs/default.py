@@ -15,6 +15,10 @@ def get_config():
 
   config.model = models.get("S/16")
 
+  # Mesh axis sizes over all devices (-1: the rest). data: plain data parallelism;
+  # fsdp: params/optimizer/EMA sharded too; tensor: attention/MLP widths split.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
   config.data = ml_collections.ConfigDict(dict(
       name="digits",          # digits | tfds | folder
       tfds_name="imagenet2012",

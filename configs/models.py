@@ -42,6 +42,8 @@ def get(name: str = "XL/16", **overrides) -> ml_collections.ConfigDict:
       dtype="float32",
       # None: XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16).
       attention_implementation=None,
+      # Backward-pass recomputation: none | decoder | blocks | dots_saveable.
+      remat_policy="none",
   ))
   for key, value in overrides.items():
     cfg[key] = value

@@ -28,7 +28,8 @@ from pixnerd_jax import sharding
 from pixnerd_jax import validation
 from pixnerd_jax.diffusion import objective
 from pixnerd_jax.evaluation.during_training import TrainingEvaluator
-from pixnerd_jax.models import PixNerDiT, build_model, count_params, dummy_inputs
+from pixnerd_jax import models
+from pixnerd_jax.models import PixNerDiT, build_model, count_params
 
 
 @flax.struct.dataclass
@@ -73,7 +74,7 @@ def create_optimizer(config: ml_collections.ConfigDict):
 
 
 def init_params(model: PixNerDiT, seed: int):
-  return model.init(jax.random.key(seed), *dummy_inputs(model))["params"]
+  return models.init_params(model, jax.random.key(seed))
 
 
 def create_train_state(params, tx) -> TrainState:
@@ -184,13 +185,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   logging.info("Config:\n%s", config)
 
-  mesh = sharding.create_mesh()
+  mesh = sharding.create_mesh(config.mesh)
+  logging.info("Mesh: %s", dict(mesh.shape))
   model = create_model(config)
   tx, schedule = create_optimizer(config)
 
-  state_sharding = sharding.replicated(mesh)
-  state = jax.jit(lambda: create_train_state(init_params(model, config.seed), tx),
-                  out_shardings=state_sharding)()
+  make_state = lambda: create_train_state(init_params(model, config.seed), tx)
+  params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
+  state_sharding = sharding.state_shardings(jax.eval_shape(make_state), params_sharding, tx,
+                                            mesh)
+  state = jax.jit(make_state, out_shardings=state_sharding)()
   parameter_overview.log_parameter_overview(state.params)
   logging.info("Model: %s parameters", f"{count_params(state.params):,}")
 
@@ -212,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   p_train_step = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
-      donate_argnums=0, out_shardings=(state_sharding, state_sharding))
+      donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
   batch_sharding = sharding.batch_sharding(mesh)
   batch_keys = ("image", "raw_image", "label") if config.repa.enabled else ("image", "label")
   evaluator = TrainingEvaluator(config, model, workdir, writer)
@@ -222,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   history, pending_losses, skipped = [], [], 0
   data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
   step = initial_step
-  with _Preemption() as preemption:
+  with _Preemption() as preemption, sharding.activate(mesh):
     for step in range(initial_step + 1, config.num_train_steps + 1):
       wait_start = time.perf_counter()
       local_batch = next(train_iter)

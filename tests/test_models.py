@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from configs import models as presets
-from pixnerd_jax.models import build_model, count_params, param_shapes, patchify, unpatchify
+from flax import linen as nn
+
+from pixnerd_jax.models import (build_model, count_params, init_params, param_shapes, patchify,
+                                unpatchify)
 from pixnerd_jax.models.layers import swiglu_hidden_size, timestep_frequencies
 from pixnerd_jax.models.nerf import dct_pixel_encoding
 from pixnerd_jax.models.rope import apply_rope, rope_2d_angles
@@ -87,7 +90,7 @@ def test_output_is_zero_at_init_and_shapes_follow_input():
   x = jax.random.normal(jax.random.key(1), (3, 8, 12, 3))
   t = jnp.array([0.1, 0.5, 0.9])
   y = jnp.array([0, 4, 10])
-  params = model.init(jax.random.key(0), x, t, y)["params"]
+  params = nn.meta.unbox(model.init(jax.random.key(0), x, t, y)["params"])
   out = model.apply({"params": params}, x, t, y)
   assert out.shape == x.shape
   np.testing.assert_array_equal(out, 0.0)
@@ -97,9 +100,7 @@ def test_output_is_zero_at_init_and_shapes_follow_input():
 
 
 def test_init_distributions_follow_the_reference():
-  params = build_model(presets.get("S/16")).init(
-      jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
-  )["params"]
+  params = init_params(build_model(presets.get("S/16")), jax.random.key(0))
   qkv = np.asarray(params["blocks_0"]["attn"]["qkv"]["kernel"])
   bound = 1 / np.sqrt(384)
   assert np.abs(qkv).max() <= bound and np.abs(qkv).max() > 0.95 * bound
@@ -113,7 +114,7 @@ def test_init_distributions_follow_the_reference():
 
 
 def _perturbed_params(model, x, t, y, scale=0.05):
-  params = model.init(jax.random.key(0), x, t, y)["params"]
+  params = nn.meta.unbox(model.init(jax.random.key(0), x, t, y)["params"])
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(7), len(leaves))
   return jax.tree.unflatten(
@@ -155,7 +156,7 @@ def test_trunk_features_hook():
   model = _tiny(features_after_block=1)
   x = jnp.zeros((2, 8, 8, 3))
   t, y = jnp.array([0.3, 0.8]), jnp.array([1, 2])
-  params = model.init(jax.random.key(0), x, t, y)["params"]
+  params = nn.meta.unbox(model.init(jax.random.key(0), x, t, y)["params"])
   _, state = model.apply({"params": params}, x, t, y, mutable=["intermediates"])
   (features,) = state["intermediates"]["trunk_features"]
   assert features.shape == (2, 4, 32)

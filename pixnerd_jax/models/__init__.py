@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from pixnerd_jax.models.pixnerd import PixNerDiT, patchify, unpatchify
 
@@ -30,14 +31,25 @@ def dummy_inputs(model: PixNerDiT, batch: int = 1, height: int | None = None,
           jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32))
 
 
+def boxed_param_shapes(model: PixNerDiT):
+  """Abstract params still wrapped in their logical-partitioning boxes (for sharding)."""
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model)))["params"]
+
+
 def param_shapes(model: PixNerDiT):
   """The param tree as jax.ShapeDtypeStructs, without allocating anything."""
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model)))["params"]
+  return nn.meta.unbox(boxed_param_shapes(model))
+
+
+def init_params(model: PixNerDiT, rng):
+  """Fresh float32 params as plain arrays (logical-axis boxes removed)."""
+  return nn.meta.unbox(model.init(rng, *dummy_inputs(model))["params"])
 
 
 def count_params(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
-__all__ = ["PixNerDiT", "build_model", "count_params", "dummy_inputs", "param_shapes",
+__all__ = ["PixNerDiT", "boxed_param_shapes", "build_model", "count_params", "dummy_inputs",
+           "init_params", "param_shapes",
            "patchify", "unpatchify"]

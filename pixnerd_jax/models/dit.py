@@ -30,7 +30,8 @@ class Attention(nn.Module):
     batch, length, dim = x.shape
     head_dim = dim // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    qkv = layers.torch_dense(3 * dim, dim, use_bias=False, name="qkv", **kw)(x)
+    qkv = layers.torch_dense(3 * dim, dim, axes=("embed", "qkv"), use_bias=False, name="qkv",
+                             **kw)(x)
     q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.num_heads, head_dim), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
     q = layers.RMSNorm(name="q_norm", **kw)(q)
@@ -39,7 +40,7 @@ class Attention(nn.Module):
     k = apply_rope(k, rope_angles)
     attended = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
     attended = attended.reshape(batch, length, dim)
-    return layers.torch_dense(dim, dim, name="proj", **kw)(attended)
+    return layers.torch_dense(dim, dim, axes=("heads", "embed"), name="proj", **kw)(attended)
 
 
 class FlattenDiTBlock(nn.Module):
@@ -60,7 +61,8 @@ class FlattenDiTBlock(nn.Module):
     """x: (B, L, D), c: (B, 1, D), rope_angles: (L, hd // 2) -> (B, L, D)."""
     dim = x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    mod = layers.torch_dense(6 * dim, dim, name="adaLN_modulation_0", **kw)(c)
+    mod = layers.torch_dense(6 * dim, dim, axes=("embed", "adaln"), name="adaLN_modulation_0",
+                             **kw)(c)
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
     h = modulate(layers.RMSNorm(name="norm1", **kw)(x), shift1, scale1)
     x = x + gate1 * Attention(self.num_heads, self.attention_implementation, name="attn",

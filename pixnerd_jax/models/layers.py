@@ -27,14 +27,20 @@ def torch_linear_bias_init(fan_in: int):
   return init
 
 
-def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
+def torch_dense(features: int, fan_in: int, *, axes: tuple[str, str], use_bias: bool = True,
                 kernel_init=None, bias_init=None, **kwargs) -> nn.Dense:
-  """nn.Dense initialised like torch.nn.Linear(fan_in, features) unless overridden."""
+  """nn.Dense initialised like torch.nn.Linear(fan_in, features) unless overridden.
+
+  `axes` are the logical (in, out) axis names of the kernel; sharding.py maps them to
+  mesh axes.
+  """
+  kernel_init = kernel_init or torch_linear_kernel_init
+  bias_init = bias_init or torch_linear_bias_init(fan_in)
   return nn.Dense(
       features,
       use_bias=use_bias,
-      kernel_init=kernel_init or torch_linear_kernel_init,
-      bias_init=bias_init or torch_linear_bias_init(fan_in),
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(bias_init, axes[1:]),
       **kwargs)
 
 
@@ -46,7 +52,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                        (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
     # The reference casts back to the input dtype before applying the weight.
@@ -84,8 +91,10 @@ class TimestepEmbedder(nn.Module):
     emb = timestep_frequencies(t, self.frequency_size, self.max_period)
     normal = nn.initializers.normal(0.02)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=normal)
-    h = torch_dense(self.hidden_size, self.frequency_size, name="mlp_0", **kw)(emb)
-    return torch_dense(self.hidden_size, self.hidden_size, name="mlp_2", **kw)(nn.silu(h))
+    h = torch_dense(self.hidden_size, self.frequency_size, axes=("freq", "embed"), name="mlp_0",
+                    **kw)(emb)
+    return torch_dense(self.hidden_size, self.hidden_size, axes=("embed_in", "embed"),
+                       name="mlp_2", **kw)(nn.silu(h))
 
 
 class LabelEmbedder(nn.Module):
@@ -97,7 +106,8 @@ class LabelEmbedder(nn.Module):
 
   @nn.compact
   def __call__(self, y):
-    table = self.param("embedding_table", nn.initializers.normal(0.02),
+    init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
+    table = self.param("embedding_table", init,
                        (self.num_classes + 1, self.hidden_size), self.param_dtype)
     return jnp.take(table, y, axis=0).astype(self.dtype)
 
@@ -112,9 +122,10 @@ class SwiGLU(nn.Module):
   def __call__(self, x):
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     dim = x.shape[-1]
-    gate = torch_dense(self.hidden_size, dim, name="w1", **kw)(x)
-    value = torch_dense(self.hidden_size, dim, name="w3", **kw)(x)
-    return torch_dense(dim, self.hidden_size, name="w2", **kw)(nn.silu(gate) * value)
+    gate = torch_dense(self.hidden_size, dim, axes=("embed", "mlp"), name="w1", **kw)(x)
+    value = torch_dense(self.hidden_size, dim, axes=("embed", "mlp"), name="w3", **kw)(x)
+    return torch_dense(dim, self.hidden_size, axes=("mlp", "embed"), name="w2",
+                       **kw)(nn.silu(gate) * value)
 
 
 def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:

@@ -39,8 +39,9 @@ class NerfEmbedder(nn.Module):
     enc = jnp.asarray(dct_pixel_encoding(self.patch_size, self.max_freqs), pixels.dtype)
     enc = jnp.broadcast_to(enc[None], (n, num_pixels, enc.shape[-1]))
     inputs = jnp.concatenate([pixels, enc], axis=-1)
-    return layers.torch_dense(self.hidden_size_x, inputs.shape[-1], name="embedder_0",
-                              dtype=self.dtype, param_dtype=self.param_dtype)(inputs)
+    return layers.torch_dense(self.hidden_size_x, inputs.shape[-1], axes=("field_in", "field"),
+                              name="embedder_0", dtype=self.dtype,
+                              param_dtype=self.param_dtype)(inputs)
 
 
 def _normalize_inputs_axis(w, eps: float = 1e-12):
@@ -65,7 +66,8 @@ class NerfBlock(nn.Module):
     n, _, dx = h.shape
     hidden = dx * self.mlp_ratio
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    generated = layers.torch_dense(2 * dx * hidden, s.shape[-1], name="param_generator1_0",
+    generated = layers.torch_dense(2 * dx * hidden, s.shape[-1], axes=("embed", "nerf_gen"),
+                                   name="param_generator1_0",
                                    **kw)(s)
     w1 = generated[:, : dx * hidden].reshape(n, dx, hidden)
     w2 = generated[:, dx * hidden:].reshape(n, hidden, dx)
@@ -86,5 +88,6 @@ class NerfFinalLayer(nn.Module):
   def __call__(self, h):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(name="norm", **kw)(h)
-    return nn.Dense(self.out_channels, kernel_init=nn.initializers.zeros,
-                    bias_init=nn.initializers.zeros, name="linear", **kw)(h)
+    zeros = nn.initializers.zeros
+    return layers.torch_dense(self.out_channels, h.shape[-1], axes=("field", "channels"),
+                              kernel_init=zeros, bias_init=zeros, name="linear", **kw)(h)

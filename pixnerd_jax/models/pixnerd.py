@@ -4,6 +4,7 @@ Images are NHWC here; the reference is NCHW. Patch features keep the reference's
 channel-major order (c, ky, kx) so official weights load unchanged.
 """
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -30,6 +31,23 @@ def unpatchify(tokens, height: int, width: int, patch_size: int):
   return x.reshape(b, height, width, c)
 
 
+REMAT_POLICIES = ("none", "decoder", "blocks", "dots_saveable")
+
+
+def _block_classes(remat_policy: str):
+  """(DiT block, NerfBlock) classes, wrapped in nn.remat as the policy asks."""
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {remat_policy!r}.")
+  if remat_policy == "none":
+    return FlattenDiTBlock, NerfBlock
+  nerf = nn.remat(NerfBlock)
+  if remat_policy == "decoder":
+    return FlattenDiTBlock, nerf
+  policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+            if remat_policy == "dots_saveable" else None)
+  return nn.remat(FlattenDiTBlock, policy=policy), nn.remat(NerfBlock, policy=policy)
+
+
 class PatchEmbedder(nn.Module):
   """(B, L, C * p * p) -> (B, L, D); xavier-uniform kernel, zero bias."""
   hidden_size: int
@@ -38,9 +56,10 @@ class PatchEmbedder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens):
-    return nn.Dense(self.hidden_size, kernel_init=nn.initializers.xavier_uniform(),
-                    bias_init=nn.initializers.zeros, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="proj")(tokens)
+    return layers.torch_dense(
+        self.hidden_size, tokens.shape[-1], axes=("patch", "embed"),
+        kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros,
+        dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(tokens)
 
 
 class PixNerDiT(nn.Module):
@@ -55,6 +74,9 @@ class PixNerDiT(nn.Module):
     features_after_block: if set (1-based), sow the trunk residual stream after that
       DiT block into the 'intermediates' collection as `trunk_features` (REPA hook).
     attention_implementation: None (XLA) or "cudnn".
+    remat_policy: what to recompute in the backward pass instead of storing: "none",
+      "decoder" (the neural-field blocks, whose activations are (B*L, P, dx*r)),
+      "blocks" (every block), "dots_saveable" (every block, keeping matmul outputs).
     dtype: compute dtype; params stay in `param_dtype`.
   """
   in_channels: int = 3
@@ -69,6 +91,7 @@ class PixNerDiT(nn.Module):
   max_freqs: int = 8
   features_after_block: int | None = None
   attention_implementation: str | None = None
+  remat_policy: str = "none"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -91,10 +114,13 @@ class PixNerDiT(nn.Module):
                                  **kw)(y)[:, None]
     cond = nn.silu(t_emb + y_emb)
 
+    dit_block, nerf_block = _block_classes(self.remat_policy)
     s = PatchEmbedder(self.hidden_size, name="s_embedder", **kw)(tokens)
+    s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
     for i in range(self.num_cond_blocks):
-      s = FlattenDiTBlock(self.num_groups, attention_implementation=self.attention_implementation,
-                          name=f"blocks_{i}", **kw)(s, cond, rope_angles)
+      s = dit_block(self.num_groups, attention_implementation=self.attention_implementation,
+                    name=f"blocks_{i}", **kw)(s, cond, rope_angles)
+      s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
       if self.features_after_block == i + 1:
         self.sow("intermediates", "trunk_features", s)
 
@@ -103,7 +129,8 @@ class PixNerDiT(nn.Module):
     pixels = tokens.reshape(b * grid_h * grid_w, channels, p * p).transpose(0, 2, 1)
     h = NerfEmbedder(self.hidden_size_x, p, self.max_freqs, name="x_embedder", **kw)(pixels)
     for i in range(self.num_cond_blocks, self.num_blocks):
-      h = NerfBlock(self.nerf_mlpratio, name=f"blocks_{i}", **kw)(h, s)
+      h = nerf_block(self.nerf_mlpratio, name=f"blocks_{i}", **kw)(h, s)
+      h = nn.with_logical_constraint(h, ("batch", None, None))
     out = NerfFinalLayer(channels, name="final_layer", **kw)(h)
     out = out.transpose(0, 2, 1).reshape(b, grid_h * grid_w, channels * p * p)
     return unpatchify(out, height, width, p)
