@@ -6,11 +6,11 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from pixnerd_jax import data
+from configs import default
 
 
 def make_config(**overrides):
-  config = data.get_config()
+  config = default.get_config().data
   config.num_threads = 2
   config.prefetch_buffer_size = 1
   config.update(overrides)

@@ -23,6 +23,7 @@ import jax
 import ml_collections
 
 from pixnerd_jax.data import batching
+from pixnerd_jax.data import sharding as data_sharding
 from pixnerd_jax.data import digits
 from pixnerd_jax.data import folder
 from pixnerd_jax.data import loading
@@ -118,7 +119,9 @@ def create_train_iterator(
   ds = ds.map_with_index(loading.LoadExample(
       source, random_flip=bool(data_config.get('random_flip', False)),
       seed=seed))
-  ds = ds[process_index::process_count]
+  ds = data_sharding.ProcessBlockShard(
+      ds, local_batch_size=local_batch_size, process_index=process_index,
+      process_count=process_count)
 
   num_threads = int(data_config.get('num_threads', 8))
   # config.prefetch_buffer_size counts batches: the decoding threads run that
