@@ -103,18 +103,26 @@ def match_params(params, reference, source: str):
 def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
   """(step, state as nested dicts) from a training workdir: params, ema_params, ... .
 
-  Reads the latest checkpoint unless `step` is given; no config or model needed.
+  Reads the latest checkpoint unless `step` is given, onto this process's first device,
+  whatever mesh or host count wrote it; no config or model needed.
   """
   directory = epath.Path(workdir).absolute() / "checkpoints"
   if not directory.exists():
     raise CheckpointError(f"No checkpoints in {workdir}: {directory} does not exist.")
-  with ocp.CheckpointManager(directory, item_names=("state", "data")) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"No complete checkpoint in {directory}.")
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore()))
-    except Exception as e:  # damaged files raise many types
-      raise CheckpointError(f"Could not read checkpoint {step} in {directory}: {e}") from e
-  return step, restored.state
+  if step is None:
+    with ocp.CheckpointManager(directory, item_names=("state", "data")) as manager:
+      step = manager.latest_step()
+  if step is None:
+    raise CheckpointError(f"No complete checkpoint in {directory}.")
+  path = directory / str(step) / "state"
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      metadata = ckptr.metadata(path).item_metadata
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
+          is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+      state = ckptr.restore(path, target)
+  except Exception as e:  # damaged files raise many types
+    raise CheckpointError(f"Could not read checkpoint {step} in {directory}: {e}") from e
+  return step, state

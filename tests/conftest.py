@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+# libtpu (installed for the AOT tests) would otherwise probe for TPUs in every process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FIXTURES_DIR = ROOT.parent / "shared" / "reference" / "fixtures"
