@@ -12,9 +12,6 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-from clu import metric_writers
-from clu import parameter_overview
-from clu import periodic_actions
 import flax
 import jax
 import jax.numpy as jnp
@@ -180,6 +177,8 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) in `workdir`; returns the final state."""
+  # clu's writers import TensorFlow (~8 s); only the loop needs them, not train_step users.
+  from clu import metric_writers, parameter_overview, periodic_actions  # pylint: disable=g-import-not-at-top
   validation.validate_config(config, workdir)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
