@@ -1,0 +1,305 @@
+"""Ahead-of-time compile of the real train step for a TPU topology, from a CPU host.
+
+  python -m pixnerd_jax.aot --config=configs/imagenet512.py --topology=v5p:4x4x4 \
+      --config.mesh.data=1 --config.mesh.fsdp=-1 --step_time_s=1.2
+
+No TPU is needed, only libtpu (`pip install "jax[tpu]"`): it describes the named slice as
+compile-only devices, and XLA's TPU compiler builds the same program the pod would run
+(same mesh, shardings, donation). Prints per-chip memory and FLOPs per step, and exits 1
+when the step does not fit in the chip's HBM, so a config can be checked before a pod is
+booked.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import re
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from pixnerd_jax import models
+from pixnerd_jax import sharding
+from pixnerd_jax import train
+from pixnerd_jax import validation
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Flags are defined only when run as a program, so tests can import the helpers
+  next to main.py (which defines --config too)."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet256.py.",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", None,
+                      "TPU slice as GENERATION:SHAPE: v4:2x2x1, v5p:4x4x4, v5e:2x2, v6e:8x8 "
+                      "(3-D shapes for v4/v5p, 2-D for v5e/v6e; chips = product).")
+  flags.DEFINE_float("step_time_s", None, "A measured step time; prints the FLOP "
+                     "utilisation it implies.")
+  flags.DEFINE_float("hbm_gib", None, "Override the chip's HBM (GiB) for the fit check.")
+  flags.mark_flags_as_required(["config", "topology"])
+
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """What the report needs to know about one TPU generation."""
+  name: str               # device_kind as JAX reports it
+  hbm_gib: float
+  peak_bf16_flops: float  # per chip, dense
+  torus_dims: int         # 3: v4/v5p (4 chips per host); 2: v5e/v6e
+  # 'megacore' fuses a chip's two TensorCores into one JAX device, as on a real v4/v5p
+  # VM; without it the topology would list two devices per chip.
+  chip_config: str
+
+
+CHIPS = {
+    "v4": Chip("TPU v4", 32, 275e12, 3, "megacore"),
+    "v5e": Chip("TPU v5 lite", 16, 197e12, 2, "default"),
+    "v5p": Chip("TPU v5", 95, 459e12, 3, "megacore"),
+    "v6e": Chip("TPU v6 lite", 32, 918e12, 2, "default"),
+}
+# The generation whose compile-only memory analysis we saw report temporaries (libtpu
+# 0.0.42); the others reported 0 for the same program.
+REPORTS_TEMPS = "v5p"
+
+
+class AotError(Exception):
+  """A problem the user can fix (bad topology, config, missing libtpu); exit code 2."""
+
+
+def parse_topology(topology: str) -> tuple[str, tuple[int, ...]]:
+  """'v5p:4x4x4' -> ('v5p', (4, 4, 4)); clear errors for anything else."""
+  match = re.fullmatch(r"([a-z0-9]+):(\d+(?:x\d+)*)", topology.strip().lower())
+  if not match or match.group(1) not in CHIPS:
+    raise AotError(f"--topology={topology!r}: expected GENERATION:SHAPE with GENERATION one "
+                   f"of {sorted(CHIPS)}, e.g. v5p:4x4x4, v6e:4x4, v5e:2x2, v4:2x2x1.")
+  generation = match.group(1)
+  shape = tuple(int(n) for n in match.group(2).split("x"))
+  dims = CHIPS[generation].torus_dims
+  if len(shape) != dims or min(shape) < 1:
+    raise AotError(f"--topology={topology!r}: {generation} slices have a {dims}-D shape, "
+                   f"e.g. {generation}:{'x'.join(['2'] * dims)}.")
+  return generation, shape
+
+
+def chips_per_host_bounds(generation: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
+  """The host layout of a slice: v4/v5p hosts hold 2x2x1 chips; v5e/v6e slices of up to 8
+  chips are one host, larger ones have 2x2 chips per host."""
+  full = tuple(shape) + (1,) * (3 - len(shape))
+  if CHIPS[generation].torus_dims == 2 and math.prod(shape) <= 8:
+    return full
+  return tuple(min(n, b) for n, b in zip(full, (2, 2, 1)))
+
+
+def topology_devices(topology: str):
+  """Compile-only TPU devices for the slice (needs libtpu, no TPU)."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  generation, shape = parse_topology(topology)
+  try:
+    desc = topologies.get_topology_desc(
+        f"{generation}:{'x'.join(map(str, shape))}", "tpu",
+        chip_config_name=CHIPS[generation].chip_config,
+        chips_per_host_bounds=chips_per_host_bounds(generation, shape), num_slices=1)
+  except RuntimeError as e:
+    if "not installed" in str(e):
+      raise AotError("libtpu is not installed; `pip install \"jax[tpu]==" + jax.__version__ +
+                     "\"` (it compiles for TPUs on any Linux x86-64 host).") from e
+    raise AotError(f"--topology={topology!r}: libtpu rejected it: {e}") from e
+  return generation, desc.devices
+
+
+def _with_shardings(shapes, shardings):
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
+
+
+def abstract_batch(config: ml_collections.ConfigDict, batch_sharding):
+  """The batch train.py feeds the step, as shapes: float32 images, int32 labels."""
+  res, channels = config.data.resolution, config.model.in_channels
+  batch = {"image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels),
+                                         jnp.float32, sharding=batch_sharding),
+           "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                         sharding=batch_sharding)}
+  if config.repa.enabled:  # train.py adds the [0, 1] image for the REPA encoder
+    batch["raw_image"] = batch["image"]
+  return batch
+
+
+@dataclasses.dataclass
+class Compiled:
+  compiled: jax.stages.Compiled
+  mesh: jax.sharding.Mesh
+  num_params: int
+  seconds: float
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
+  """Lowers and compiles train.train_step for `devices` with train.py's shardings.
+
+  The state and batch are ShapeDtypeStructs carrying their shardings, so nothing is
+  allocated; the state is donated as in the trainer, so its outputs alias its inputs.
+  """
+  mesh = sharding.create_mesh(config.mesh, devices=devices)
+  if config.batch_size % len(devices):
+    raise AotError(f"config.batch_size={config.batch_size} does not split over "
+                   f"{len(devices)} chips; use a multiple of {len(devices)}.")
+  model = train.create_model(config)
+  tx, schedule = train.create_optimizer(config)
+  # The same construction as train.train_and_evaluate, evaluated only for shapes.
+  make_state = lambda: train.create_train_state(train.init_params(model, config.seed), tx)
+  params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
+  state_shapes = jax.eval_shape(make_state)
+  state_sharding = sharding.state_shardings(state_shapes, params_sharding, tx, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch = abstract_batch(config, batch_sharding)
+
+  step = jax.jit(
+      functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                        config=config),
+      in_shardings=(state_sharding, {key: batch_sharding for key in batch}),
+      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  start = time.perf_counter()
+  with sharding.activate(mesh):  # activation constraints need the mesh and rules
+    compiled = step.lower(_with_shardings(state_shapes, state_sharding), batch).compile()
+  return Compiled(compiled, mesh, models.count_params(state_shapes.params),
+                  time.perf_counter() - start)
+
+
+def memory_per_chip(compiled: jax.stages.Compiled) -> dict[str, int]:
+  """Bytes per chip from XLA's memory analysis; total = what must sit in HBM at once."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    raise AotError("XLA gave no memory analysis for this program.")
+  out = {
+      "arguments": stats.argument_size_in_bytes,
+      "outputs": stats.output_size_in_bytes,
+      # Donated state: outputs written over inputs, so counted once.
+      "aliased": stats.alias_size_in_bytes,
+      "temporaries": stats.temp_size_in_bytes,
+      "generated code": stats.generated_code_size_in_bytes,
+  }
+  out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"] +
+                  out["generated code"])
+  return out
+
+
+def flops_per_chip(compiled: jax.stages.Compiled) -> float | None:
+  """XLA's FLOP count of the per-chip (SPMD-partitioned) program, recomputation included."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+_OOM = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+
+
+def _oom_gib(message: str) -> tuple[float, float] | None:
+  """(needed, capacity) GiB from XLA's 'Used 120.5G of 95.74G hbm' compile error."""
+  match = _OOM.search(message)
+  if not match:
+    return None
+  scale = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 2**10}
+  return (float(match.group(1)) * scale[match.group(2)],
+          float(match.group(3)) * scale[match.group(4)])
+
+
+def does_not_fit_message(needed_gib: float, hbm_gib: float, per_chip_batch: int) -> str:
+  return (f"does not fit: needs {needed_gib:.2f} GiB per chip of {hbm_gib:.2f} GiB; try "
+          f"--config.mesh.data=1 --config.mesh.fsdp=-1 (or another --config.mesh.fsdp=N), "
+          f"--config.model.remat_policy=blocks or a smaller per-chip batch (now "
+          f"{per_chip_batch} per chip: --config.batch_size=...).")
+
+
+def _report(topology, generation, devices, config, result: Compiled, hbm_gib: float,
+            step_time_s: float | None) -> float:
+  """Prints the report; returns the total GiB per chip."""
+  chip = CHIPS[generation]
+  chips = len(devices)
+  hosts = len({d.process_index for d in devices})
+  mem = memory_per_chip(result.compiled)
+  res = config.data.resolution
+  print(f"topology        {topology} ({devices[0].device_kind}, {chips} chips, {hosts} hosts)")
+  print(f"mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
+  print(f"model           {config.model.get('preset', '?')} {config.model.dtype}, "
+        f"{result.num_params:,} params, remat_policy={config.model.remat_policy}")
+  print(f"batch           {config.batch_size} global, {config.batch_size // chips} per chip, "
+        f"{res}x{res}")
+  print(f"compile         {result.seconds:.1f} s")
+  print("memory per chip (XLA memory_analysis):")
+  for key, value in mem.items():
+    print(f"  {key:<16}{value / GIB:9.3f} GiB")
+  print(f"  HBM             {hbm_gib:9.3f} GiB ({100 * mem['total'] / GIB / hbm_gib:.0f}% used)")
+  if mem["temporaries"] == 0 and generation != REPORTS_TEMPS:
+    print(f"  note: {generation}'s compile-only analysis reports no temporaries, so the total "
+          "is a lower bound; compile the same per-chip batch and mesh for a v5p topology "
+          "to see them.")
+  flops = flops_per_chip(result.compiled)
+  if flops is None:
+    print("FLOPs per step  unavailable (no cost analysis)")
+  else:
+    print(f"FLOPs per step  {flops:.4g} per chip, {flops * chips:.4g} all chips "
+          "(XLA cost analysis; includes remat recomputation)")
+    floor = flops / chip.peak_bf16_flops
+    print(f"step time floor {floor:.3f} s at the {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s "
+          "bf16 peak per chip")
+    if step_time_s:
+      print(f"utilisation     {100 * floor / step_time_s:.1f}% of peak at "
+            f"{step_time_s:g} s/step")
+  return mem["total"] / GIB
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  try:
+    validation.validate_config(config)
+    generation, devices = topology_devices(FLAGS.topology)
+    hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
+    try:
+      result = compile_train_step(config, devices)
+    except (jax.errors.JaxRuntimeError, ValueError) as e:
+      oom = _oom_gib(str(e))
+      if oom is None and "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      # XLA's TPU compiler refuses programs larger than the chip's HBM.
+      needed = oom[0] if oom else float("nan")
+      print(does_not_fit_message(needed, oom[1] if oom else hbm_gib,
+                                 config.batch_size // len(devices)), file=sys.stderr)
+      sys.exit(1)
+  except (AotError, validation.ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  total = _report(FLAGS.topology, generation, devices, config, result, hbm_gib,
+                  FLAGS.step_time_s)
+  if total > hbm_gib:
+    print(does_not_fit_message(total, hbm_gib, config.batch_size // len(devices)),
+          file=sys.stderr)
+    sys.exit(1)
+  print(f"fits            {total:.2f} of {hbm_gib:g} GiB per chip")
+
+
+def _compile_only_environment() -> None:
+  """This tool only compiles. Keep JAX on the CPU backend so it never opens local TPU
+  chips, and let libtpu load without its machine-wide lock: with libtpu installed every
+  JAX process takes /tmp/libtpu_lockfile, and another one running would otherwise make
+  the topology call fail ('multi-process lockfile')."""
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  jax.config.update("jax_platforms", "cpu")
+
+
+if __name__ == "__main__":
+  _compile_only_environment()
+  _define_flags()
+  app.run(main)
