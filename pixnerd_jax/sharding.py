@@ -131,9 +131,11 @@ def param_shardings(boxed_shapes, mesh: Mesh):
 
 def state_shardings(state_shapes, params_sharding, tx, mesh: Mesh):
   """Shardings for a TrainState: params, EMA and the optimizer's per-param moments by the
-  rules; everything else (step, counters) replicated."""
+  rules; aux params (small: the REPA projector) and scalars replicated."""
+  aux_sharding = jax.tree.map(lambda _: replicated(mesh), state_shapes.aux_params)
   opt_sharding = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, state_shapes.opt_state, params_sharding,
-      transform_non_params=lambda _: replicated(mesh))
+      tx, lambda _, sharding: sharding, state_shapes.opt_state,
+      (params_sharding, aux_sharding), transform_non_params=lambda _: replicated(mesh))
   return state_shapes.replace(step=replicated(mesh), params=params_sharding,
-                              ema_params=params_sharding, opt_state=opt_sharding)
+                              ema_params=params_sharding, opt_state=opt_sharding,
+                              aux_params=aux_sharding)

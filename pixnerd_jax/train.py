@@ -31,10 +31,13 @@ from pixnerd_jax.models import PixNerDiT, build_model, count_params
 
 @flax.struct.dataclass
 class TrainState:
+  """step; the model's params and their EMA; aux_params (trained with the model but not
+  part of it: the REPA projector, {} without REPA); the optimizer state of both."""
   step: jax.Array
   params: Any
   ema_params: Any
   opt_state: Any
+  aux_params: Any = flax.struct.field(default_factory=dict)
 
 
 def create_model(config: ml_collections.ConfigDict) -> PixNerDiT:
@@ -74,10 +77,12 @@ def init_params(model: PixNerDiT, seed: int):
   return models.init_params(model, jax.random.key(seed))
 
 
-def create_train_state(params, tx) -> TrainState:
-  params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+def create_train_state(params, tx, aux_params=None) -> TrainState:
+  to_f32 = lambda tree: jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree)
+  params, aux_params = to_f32(params), to_f32(aux_params or {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+                    ema_params=jax.tree.map(jnp.copy, params),
+                    opt_state=tx.init((params, aux_params)), aux_params=aux_params)
 
 
 def ema_decay_at(step, decay: float, warmup: int):
@@ -101,8 +106,9 @@ def train_step(state: TrainState, batch: dict, *, model: PixNerDiT, tx, schedule
   Args:
     state: the TrainState.
     batch: 'image' (B, H, W, C) in [-1, 1], 'label' (B,), and whatever aux_loss_fn needs.
-    aux_loss_fn: optional hook (features (B, L, D), batch, rng) -> (loss, metrics dict),
-      given the trunk features after block config.repa.align_layer (REPA).
+    aux_loss_fn: optional hook (aux_params, features (B, L, D), batch, rng) ->
+      (loss, metrics dict), given the trunk features after block config.repa.align_layer
+      (REPA); aux_params are trained with the model.
   Returns:
     (new state, metrics: loss, fm_loss, grad_norm, learning_rate, ...).
   """
@@ -114,7 +120,8 @@ def train_step(state: TrainState, batch: dict, *, model: PixNerDiT, tx, schedule
       label_dropout=diff.label_dropout, time_distribution=diff.time_distribution,
       time_mean=diff.time_mean, time_std=diff.time_std, time_shift=diff.time_shift)
 
-  def loss_fn(params):
+  def loss_fn(trainable):
+    params, aux_params = trainable
     if aux_loss_fn is None:
       prediction = model.apply({"params": params}, x_t, t, y)
       fm_loss = objective.velocity_loss(prediction, target)
@@ -122,17 +129,18 @@ def train_step(state: TrainState, batch: dict, *, model: PixNerDiT, tx, schedule
     prediction, inter = model.apply({"params": params}, x_t, t, y, mutable=["intermediates"])
     fm_loss = objective.velocity_loss(prediction, target)
     (features,) = inter["intermediates"]["trunk_features"]
-    aux_loss, aux_metrics = aux_loss_fn(params, features, batch, rng_aux)
+    aux_loss, aux_metrics = aux_loss_fn(aux_params, features, batch, rng_aux)
     return fm_loss + aux_loss, {"fm_loss": fm_loss, **aux_metrics}
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  trainable = (state.params, state.aux_params)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  params, aux_params = optax.apply_updates(trainable, updates)
   decay = ema_decay_at(state.step, config.ema_decay, config.ema_warmup)
   ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params,
                             params)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                            opt_state=opt_state)
+                            opt_state=opt_state, aux_params=aux_params)
   metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                  learning_rate=schedule(state.step))
   return new_state, metrics
