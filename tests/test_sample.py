@@ -1,0 +1,148 @@
+"""The FID sample command: balanced classes, chunks, resuming, both checkpoint kinds."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import tiny
+from pixnerd_jax import checkpoint
+from pixnerd_jax import sample
+from pixnerd_jax import train
+from pixnerd_jax.models import build_model, init_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_SAMPLES = 20  # 2 per class
+_jit_init = jax.jit(init_params, static_argnums=0)
+
+
+def _perturbed_params(model, seed):
+  """Random params with the zero-initialised output layer perturbed too (non-trivial v)."""
+  rng = np.random.default_rng(seed)
+  params = _jit_init(model, jax.random.key(seed))
+  return jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.05, p.shape).astype(np.float32),
+                      params)
+
+
+@pytest.fixture(scope="module")
+def config():
+  cfg = tiny.get_config()
+  cfg.sampling.num_steps = 3
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def params_checkpoint(config, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
+  model_config = {k: v for k, v in config.model.items() if k != "preset"}
+  checkpoint.save_params(path, _perturbed_params(build_model(config.model), 0), model_config)
+  return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(config, params_checkpoint, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("samples"))
+  path = sample.run(config, params_checkpoint, out, num_samples=NUM_SAMPLES, batch_size=4,
+                    chunk_size=8)
+  with np.load(path) as data:
+    return out, path, data["arr_0"], data["arr_1"]
+
+
+def test_classes_are_balanced_as_the_reference():
+  labels = sample.class_labels(np.arange(50000), 50000, 1000)
+  np.testing.assert_array_equal(labels, np.arange(50000) // 50)
+  counts = np.bincount(sample.class_labels(np.arange(25), 25, 10))
+  assert counts.sum() == 25 and set(counts) == {2, 3}
+
+
+def test_run_writes_balanced_uint8_samples_and_a_grid(reference_run):
+  out, path, images, labels = reference_run
+  assert os.path.basename(path) == "samples_20x16x16x3.npz"
+  assert images.shape == (NUM_SAMPLES, 16, 16, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(labels, np.arange(NUM_SAMPLES) // 2)
+  assert len({images[i].tobytes() for i in range(NUM_SAMPLES)}) == NUM_SAMPLES
+  assert os.path.exists(os.path.join(out, "grid.png"))
+  assert sorted(f for f in os.listdir(out) if f.startswith("samples_0")) == [
+      "samples_00000.npz", "samples_00001.npz", "samples_00002.npz"]
+
+
+def test_results_do_not_depend_on_chunk_or_batch_size(config, params_checkpoint,
+                                                      reference_run, tmp_path):
+  # Same batch shape (one compile); the CLI test below varies the batch and device count.
+  path = sample.run(config, params_checkpoint, str(tmp_path), num_samples=NUM_SAMPLES,
+                    batch_size=4, chunk_size=5, grid=False)
+  with np.load(path) as data:
+    np.testing.assert_array_equal(data["arr_0"], reference_run[2])
+
+
+def test_resume_skips_complete_chunks(config, params_checkpoint, reference_run, tmp_path):
+  out = str(tmp_path)
+  kw = dict(num_samples=NUM_SAMPLES, batch_size=4, chunk_size=8, grid=False)
+  sample.run(config, params_checkpoint, out, **kw)
+  chunks = [os.path.join(out, f"samples_{c:05d}.npz") for c in range(3)]
+  os.utime(chunks[0], (1, 1))          # mark the complete chunk
+  os.remove(chunks[1])                 # missing
+  with open(chunks[2], "r+b") as f:    # torn write
+    f.truncate(100)
+  path = sample.run(config, params_checkpoint, out, **kw)
+  assert os.path.getmtime(chunks[0]) == 1
+  assert os.path.getmtime(chunks[1]) > 1 and os.path.getsize(chunks[2]) > 100
+  with np.load(path) as data:
+    np.testing.assert_array_equal(data["arr_0"], reference_run[2])
+
+
+def test_other_settings_in_the_same_directory_are_refused(config, params_checkpoint,
+                                                          reference_run):
+  with pytest.raises(ValueError, match="other settings"):
+    sample.run(config, params_checkpoint, reference_run[0], num_samples=NUM_SAMPLES,
+               batch_size=4, chunk_size=8, seed=1)
+
+
+def test_training_workdir_samples_ema_unless_online(config, tmp_path):
+  model = build_model(config.model)
+  state = train.create_train_state(_perturbed_params(model, 1), train.create_optimizer(config)[0])
+  state = state.replace(ema_params=_perturbed_params(model, 2))
+  workdir = str(tmp_path / "run")
+  with checkpoint.create_manager(workdir, config) as manager:
+    manager.save(6, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  _, ema, source = sample.load_checkpoint(workdir, config)
+  _, online, _ = sample.load_checkpoint(workdir, config, online=True)
+  assert "EMA params of step 6" in source
+  leaf = lambda tree: np.asarray(tree["final_layer"]["linear"]["kernel"])
+  np.testing.assert_array_equal(leaf(ema), leaf(state.ema_params))
+  np.testing.assert_array_equal(leaf(online), leaf(state.params))
+  runs = [sample.run(config, workdir, str(tmp_path / name), num_samples=10, batch_size=4,
+                     chunk_size=10, online=name == "online", grid=False)
+          for name in ("ema", "online")]
+  ema_images, online_images = (np.load(p)["arr_0"] for p in runs)
+  assert ema_images.shape == (10, 16, 16, 3) and not np.array_equal(ema_images, online_images)
+
+
+def test_online_flag_with_a_params_checkpoint_is_an_error(config, params_checkpoint):
+  with pytest.raises(checkpoint.CheckpointError, match="training workdirs"):
+    sample.load_checkpoint(params_checkpoint, config, online=True)
+
+
+def test_command_on_two_devices_with_other_batches_matches_and_a_fresh_process_reads_it(
+    params_checkpoint, reference_run, tmp_path):
+  out = str(tmp_path / "cli")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "pixnerd_jax.sample", "--config=configs/tiny.py",
+         "--config.sampling.num_steps=3", f"--checkpoint={params_checkpoint}",
+         f"--num_samples={NUM_SAMPLES}", f"--out={out}", "--chunk_size=7", "--batch_size=6"]
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "ETA" in done.stderr
+  path = done.stdout.strip().splitlines()[-1]
+  read = subprocess.run(
+      [sys.executable, "-c", "import sys, numpy as np; d = np.load(sys.argv[1]); "
+       "a, l = d['arr_0'], d['arr_1']; print(a.shape, a.dtype, np.bincount(l).tolist())", path],
+      capture_output=True, text=True, timeout=60)
+  assert read.stdout.strip() == "(20, 16, 16, 3) uint8 [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]"
+  with np.load(path) as data:  # 2 devices x 3 per batch: as 1 device x 4 in-process
+    np.testing.assert_array_equal(data["arr_0"], reference_run[2])
