@@ -197,6 +197,33 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]):
   return model_cfg, state_dict_to_params(state_dict, shapes)
 
 
+REPA_PREFIX = "diffusion_trainer.proj."
+_REPA_KEYS = tuple(f"{layer}.{leaf}" for layer in ("0.0", "0.2", "0.4")
+                   for leaf in ("weight", "bias"))
+
+
+def extract_repa_projector(state_dict: Mapping[str, np.ndarray]):
+  """The REPA projector (`diffusion_trainer.proj.*`) as `repa.Projector` params, or None.
+
+  Returns {"proj_0_0": {"kernel": (D, D), "bias"}, "proj_0_2": ..., "proj_0_4": {"kernel":
+  (D, 768), ...}} (torch (out, in) weights transposed), or None when the checkpoint has no
+  projector (e.g. a plain denoiser state_dict).
+  """
+  found = {k[len(REPA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(REPA_PREFIX)}
+  if not found:
+    return None
+  missing = sorted(set(_REPA_KEYS) - set(found))
+  unexpected = sorted(set(found) - set(_REPA_KEYS))
+  if missing or unexpected:
+    raise ConversionError(f"REPA projector keys under {REPA_PREFIX!r}: missing {missing}, "
+                          f"unexpected {unexpected}.")
+  params = {}
+  for key, value in found.items():
+    path = flax_path("proj." + key, np.ndim(value))
+    params[path] = to_flax_array(key, np.asarray(value, np.float32))
+  return traverse_util.unflatten_dict(params)
+
+
 # ----------------------------------------------------------------------------- commands
 
 

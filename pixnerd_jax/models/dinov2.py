@@ -222,8 +222,7 @@ class DinoV2(nn.Module):
                 name="patch_embed")(images.astype(jnp.float32))
     x = x.reshape(batch, grid_h * grid_w, self.hidden_size)
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (batch, 1, self.hidden_size)), x], axis=1)
-    x = x + interpolate_pos_embed(pos_embed, grid_h, grid_w,
-                                 self.interpolate_offset)[None]
+    x = x + interpolate_pos_embed(pos_embed, grid_h, grid_w, self.interpolate_offset)[None]
     mlp_hidden = int(self.hidden_size * self.mlp_ratio)
     for i in range(self.num_layers):
       x = Block(self.num_heads, mlp_hidden, self.layer_norm_eps, name=f"blocks_{i}")(x)
