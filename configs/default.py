@@ -60,7 +60,9 @@ def get_config():
   ))
 
   # Representation alignment (REPA); its loss joins through train.py's aux-loss hook.
-  config.repa = ml_collections.ConfigDict(dict(enabled=False, align_layer=8, weight=0.5))
+  # dino_checkpoint: a DIR from `python -m pixnerd_jax.convert_dinov2` (DINOv2 ViT-B/14).
+  config.repa = ml_collections.ConfigDict(dict(enabled=False, align_layer=8, weight=0.5,
+                                               dino_checkpoint=""))
 
   # Sampler used for image grids and evaluation (EMA weights).
   config.sampling = ml_collections.ConfigDict(dict(

@@ -21,8 +21,9 @@ def get_config():
   config.num_train_steps = 1_600_000
   config.optimizer.learning_rate = 1e-4
   config.ema_decay = 0.9999
-  # The reference trains with REPA (block 8, weight 0.5); ours is not implemented yet.
-  config.repa.enabled = False
+  # REPA as the reference: DINOv2 ViT-B/14 patch tokens aligned after block 8, weight 0.5.
+  # Set --config.repa.dino_checkpoint=DIR (from `python -m pixnerd_jax.convert_dinov2`).
+  config.repa.enabled = True
   config.sampling.num_steps = 100
   config.sampling.guidance = 3.5
   config.sampling.guidance_interval_min = 0.1

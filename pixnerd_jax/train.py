@@ -26,6 +26,7 @@ from pixnerd_jax import validation
 from pixnerd_jax.diffusion import objective
 from pixnerd_jax.evaluation.during_training import TrainingEvaluator
 from pixnerd_jax import models
+from pixnerd_jax import repa
 from pixnerd_jax.models import PixNerDiT, build_model, count_params
 
 
@@ -98,17 +99,19 @@ def step_rng(seed: int, step):
   return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def train_step(state: TrainState, batch: dict, *, model: PixNerDiT, tx, schedule,
-               config: ml_collections.ConfigDict,
-               aux_loss_fn: Callable | None = None) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, frozen_params=None, *, model: PixNerDiT, tx,
+               schedule, config: ml_collections.ConfigDict,
+               make_aux_loss: Callable | None = None) -> tuple[TrainState, dict]:
   """One optimizer update; pure, meant to be jitted with the state donated.
 
   Args:
     state: the TrainState.
-    batch: 'image' (B, H, W, C) in [-1, 1], 'label' (B,), and whatever aux_loss_fn needs.
-    aux_loss_fn: optional hook (aux_params, features (B, L, D), batch, rng) ->
-      (loss, metrics dict), given the trunk features after block config.repa.align_layer
-      (REPA); aux_params are trained with the model.
+    batch: 'image' (B, H, W, C) in [-1, 1], 'label' (B,), and whatever the aux loss needs.
+    frozen_params: params of a frozen network the aux loss uses (REPA's DINOv2); passed
+      as an argument so they are not baked into the compiled program as constants.
+    make_aux_loss: optional, frozen_params -> aux_loss_fn(aux_params, features (B, L, D),
+      batch, rng) -> (loss, metrics dict), given the trunk features after block
+      config.repa.align_layer (REPA); aux_params are trained with the model.
   Returns:
     (new state, metrics: loss, fm_loss, grad_norm, learning_rate, ...).
   """
@@ -119,6 +122,8 @@ def train_step(state: TrainState, batch: dict, *, model: PixNerDiT, tx, schedule
       rng_fm, batch["image"], batch["label"], null_class=model.num_classes,
       label_dropout=diff.label_dropout, time_distribution=diff.time_distribution,
       time_mean=diff.time_mean, time_std=diff.time_std, time_shift=diff.time_shift)
+
+  aux_loss_fn = make_aux_loss(frozen_params) if make_aux_loss else None
 
   def loss_fn(trainable):
     params, aux_params = trainable
@@ -197,7 +202,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model = create_model(config)
   tx, schedule = create_optimizer(config)
 
-  make_state = lambda: create_train_state(init_params(model, config.seed), tx)
+  aux_params, frozen_params, make_aux_loss = {}, None, None
+  if config.repa.enabled:
+    dino_model, frozen_params = repa.load_dino(config)
+    projector = repa.Projector(out_size=dino_model.hidden_size)
+    aux_params = repa.init_projector(projector, jax.random.key(config.seed + 1),
+                                     config.model.hidden_size)
+    make_aux_loss = functools.partial(repa.make_aux_loss_fn, dino_model, projector=projector,
+                                      weight=config.repa.weight,
+                                      patch_size=config.model.patch_size)
+    frozen_params = jax.device_put(frozen_params, sharding.replicated(mesh))
+  make_state = lambda: create_train_state(init_params(model, config.seed), tx, aux_params)
   params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
   state_sharding = sharding.state_shardings(jax.eval_shape(make_state), params_sharding, tx,
                                             mesh)
@@ -215,14 +230,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   elif config.init_from:
     _, params = checkpoint.load_params(config.init_from)
     params = checkpoint.match_params(params, state.params, config.init_from)
-    state = jax.device_put(create_train_state(params, tx), state_sharding)
+    state = jax.device_put(create_train_state(params, tx, aux_params), state_sharding)
     logging.info("Initialised params and EMA from %s.", config.init_from)
   initial_step = int(state.step)
   if initial_step == 0:
     writer.write_hparams(validation.flat_hparams(config))
 
   p_train_step = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
+                        make_aux_loss=make_aux_loss),
       donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
   batch_sharding = sharding.batch_sharding(mesh)
   batch_keys = ("image", "raw_image", "label") if config.repa.enabled else ("image", "label")
@@ -240,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       data_wait += time.perf_counter() - wait_start
       skipped += int(local_batch.pop(data_lib.NUM_SKIPPED_KEY, 0))
       batch = data_lib.make_global_batch(local_batch, batch_sharding, keys=batch_keys)
-      state, metrics = p_train_step(state, batch)
+      state, metrics = p_train_step(state, batch, frozen_params)
       history.append(metrics)
       pending_losses.append((step, metrics["loss"]))
       report(step)

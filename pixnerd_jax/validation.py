@@ -67,9 +67,14 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
          "must be in [0, 1)", "the reference uses 0.1")
   _check(diff.time_shift > 0, "diffusion.time_shift", diff.time_shift, "must be positive",
          "1.0 means no shift")
-  _check(not config.repa.enabled, "repa.enabled", config.repa.enabled,
-         "REPA (the DINOv2 alignment loss) is not implemented yet",
-         "set --config.repa.enabled=False")
+  if config.repa.enabled:
+    _check(1 <= config.repa.align_layer <= m.num_cond_blocks, "repa.align_layer",
+           config.repa.align_layer, f"must be a DiT block in 1..{m.num_cond_blocks}",
+           "the reference aligns after block 8")
+    _check(bool(config.repa.dino_checkpoint), "repa.dino_checkpoint",
+           config.repa.dino_checkpoint, "REPA needs converted DINOv2 ViT-B/14 weights",
+           "run `python -m pixnerd_jax.convert_dinov2 dinov2_vitb14_pretrain.pth --out DIR` "
+           "and pass --config.repa.dino_checkpoint=DIR, or set --config.repa.enabled=False")
   if workdir is not None:
     _check_writable(workdir)
 

@@ -201,3 +201,30 @@ def test_main_reports_bad_config_without_traceback(tmp_path):
   err = result.stderr.decode()
   assert "error: config.data.resolution = 18" in err
   assert "Traceback" not in err
+
+
+def test_training_with_repa_logs_both_losses(tmp_path):
+  from pixnerd_jax.models import dinov2
+  dino = dinov2.DinoV2(hidden_size=32, num_layers=1, num_heads=2, pos_grid_size=4)
+  dino_params = dino.init(jax.random.key(0), jnp.zeros((1, 56, 56, 3)))["params"]
+  checkpoint.save_params(str(tmp_path / "dino"), dino_params,
+                         dict(dinov2.config_dict(dino), architecture="dinov2"))
+  config = _config(num_train_steps=2, checkpoint_every=2, log_every=1,
+                   **{"repa.enabled": True, "repa.align_layer": 1,
+                      "repa.dino_checkpoint": str(tmp_path / "dino")})
+  state = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert set(state.aux_params) == {"proj_0_0", "proj_0_2", "proj_0_4"}
+  assert state.aux_params["proj_0_4"]["kernel"].shape == (32, 32)
+  _, saved = checkpoint.load_train_state(str(tmp_path / "run"))
+  assert "aux_params" in saved and "proj_0_0" in saved["aux_params"]
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path / "run"))
+  events.Reload()
+  tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+  assert {"train/fm_loss", "train/repa_loss", "train/loss"} <= tags, tags
+
+
+def test_repa_without_dino_weights_is_a_config_error():
+  config = _config(**{"repa.enabled": True, "repa.align_layer": 1})
+  with pytest.raises(validation.ConfigError, match="config.repa.dino_checkpoint"):
+    validation.validate_config(config)
