@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 MODEL_JSON = "model.json"
+REPA_PROJECTOR_DIR = "repa_projector"
 PARAMS_DIR = "params"
 
 

@@ -228,10 +228,18 @@ def extract_repa_projector(state_dict: Mapping[str, np.ndarray]):
 
 
 def convert_checkpoint(src: str, out: str, use_ema: bool = True) -> dict[str, Any]:
-  """Converts SRC to an Orbax params checkpoint in OUT; returns the model config."""
-  state_dict = select_denoiser(load_state_dict(src), use_ema=use_ema)
-  model_cfg, params = convert_state_dict(state_dict)
+  """Converts SRC to an Orbax params checkpoint in OUT; returns the model config.
+
+  A REPA projector in SRC (`diffusion_trainer.proj.*`) goes to OUT/repa_projector, where
+  fine-tuning with REPA (config.init_from=OUT) picks it up.
+  """
+  full = load_state_dict(src)
+  model_cfg, params = convert_state_dict(select_denoiser(full, use_ema=use_ema))
   checkpoint.save_params(out, params, model_cfg)
+  projector = extract_repa_projector(full)
+  if projector is not None:
+    checkpoint.save_params(os.path.join(out, checkpoint.REPA_PROJECTOR_DIR), projector,
+                           {"architecture": "repa_projector"})
   return model_cfg
 
 

@@ -230,6 +230,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   elif config.init_from:
     _, params = checkpoint.load_params(config.init_from)
     params = checkpoint.match_params(params, state.params, config.init_from)
+    projector_dir = os.path.join(config.init_from, checkpoint.REPA_PROJECTOR_DIR)
+    if config.repa.enabled and os.path.isdir(projector_dir):
+      aux_params = checkpoint.match_params(checkpoint.load_params(projector_dir)[1],
+                                           aux_params, projector_dir)
     state = jax.device_put(create_train_state(params, tx, aux_params), state_sharding)
     logging.info("Initialised params and EMA from %s.", config.init_from)
   initial_step = int(state.step)

@@ -53,7 +53,7 @@ def test_converts_lightning_ckpt_ema_by_default_and_online_on_request(
   sd = _state_dict(_fixture(reference_fixtures[0]))
   online = {f"denoiser.{k}": torch.from_numpy(v) for k, v in sd.items()}
   ema = {f"ema_denoiser.{k}": torch.from_numpy(v * 2) for k, v in sd.items()}
-  proj = {"diffusion_trainer.proj.0.0.weight": torch.zeros(4, 4)}
+  proj = {"conditioner.null_embedding": torch.zeros(4, 4)}  # ignored: not the denoiser
   src = tmp_path / "epoch=1-step=10.ckpt"
   torch.save({"state_dict": {**online, **ema, **proj}, "global_step": 10}, src)
 
@@ -148,3 +148,21 @@ def test_ckpt_without_torch_says_how_to_install(tmp_path, monkeypatch):
   path.write_bytes(b"\x80\x02}q\x00.")
   with pytest.raises(ImportError, match="pip install torch==2.13.0"):
     convert.load_state_dict(str(path))
+
+
+def test_repa_projector_is_converted_beside_the_params(reference_fixtures, tmp_path):
+  torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .ckpt files")
+  sd = {f"ema_denoiser.{k}": torch.from_numpy(v)
+        for k, v in _state_dict(_fixture(reference_fixtures[0])).items()}
+  rng = np.random.default_rng(0)
+  shapes = {"0.0": (64, 64), "0.2": (64, 64), "0.4": (768, 64)}
+  for layer, (out, inp) in shapes.items():
+    sd[f"diffusion_trainer.proj.{layer}.weight"] = torch.from_numpy(
+        rng.normal(size=(out, inp)).astype(np.float32))
+    sd[f"diffusion_trainer.proj.{layer}.bias"] = torch.zeros(out)
+  torch.save({"state_dict": sd}, tmp_path / "repa.ckpt")
+  assert convert.main(["checkpoint", str(tmp_path / "repa.ckpt"), "--out",
+                       str(tmp_path / "out")]) == 0
+  _, projector = checkpoint.load_params(str(tmp_path / "out" / checkpoint.REPA_PROJECTOR_DIR))
+  np.testing.assert_array_equal(projector["proj_0_4"]["kernel"],
+                                sd["diffusion_trainer.proj.0.4.weight"].numpy().T)
