@@ -26,9 +26,11 @@ import ml_collections
 from ml_collections import config_flags
 
 from pixnerd_jax import models
+from pixnerd_jax import repa
 from pixnerd_jax import sharding
 from pixnerd_jax import train
 from pixnerd_jax import validation
+from pixnerd_jax.models import dinov2
 
 FLAGS = flags.FLAGS
 
@@ -140,14 +142,39 @@ class Compiled:
   compiled: jax.stages.Compiled
   mesh: jax.sharding.Mesh
   num_params: int
-  seconds: float
+  lower_seconds: float    # tracing to StableHLO (Python)
+  compile_seconds: float  # XLA's TPU compiler
+
+
+def _repa_parts(config: ml_collections.ConfigDict):
+  """(make_aux_loss, make_aux_params, frozen param shapes) as train.py builds them for
+  REPA, or (None, None, None). Without config.repa.dino_checkpoint the frozen encoder is
+  DinoV2()'s ViT-B/14 (the reference's), as shapes only: no weights are needed."""
+  if not config.repa.enabled:
+    return None, None, None
+  if config.repa.dino_checkpoint:
+    dino_model, dino_params = repa.load_dino(config)
+    frozen_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                 dino_params)
+  else:
+    dino_model = dinov2.DinoV2()
+    frozen_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                                 dinov2.param_shapes(dino_model))
+  projector = repa.Projector(out_size=dino_model.hidden_size)
+  make_aux_loss = functools.partial(repa.make_aux_loss_fn, dino_model, projector=projector,
+                                    weight=config.repa.weight,
+                                    patch_size=config.model.patch_size)
+  make_aux_params = lambda: repa.init_projector(
+      projector, jax.random.key(config.seed + 1), config.model.hidden_size)
+  return make_aux_loss, make_aux_params, frozen_shapes
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
   """Lowers and compiles train.train_step for `devices` with train.py's shardings.
 
-  The state and batch are ShapeDtypeStructs carrying their shardings, so nothing is
-  allocated; the state is donated as in the trainer, so its outputs alias its inputs.
+  The state, batch and frozen (REPA encoder) params are ShapeDtypeStructs carrying their
+  shardings, so nothing is allocated; the state is donated as in the trainer, so its
+  outputs alias its inputs.
   """
   mesh = sharding.create_mesh(config.mesh, devices=devices)
   if config.batch_size % len(devices):
@@ -155,24 +182,33 @@ def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
                    f"{len(devices)} chips; use a multiple of {len(devices)}.")
   model = train.create_model(config)
   tx, schedule = train.create_optimizer(config)
+  make_aux_loss, make_aux_params, frozen_shapes = _repa_parts(config)
   # The same construction as train.train_and_evaluate, evaluated only for shapes.
-  make_state = lambda: train.create_train_state(train.init_params(model, config.seed), tx)
+  make_state = lambda: train.create_train_state(
+      train.init_params(model, config.seed), tx,
+      make_aux_params() if make_aux_params else None)
   params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
   state_shapes = jax.eval_shape(make_state)
   state_sharding = sharding.state_shardings(state_shapes, params_sharding, tx, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   batch = abstract_batch(config, batch_sharding)
+  replicated = sharding.replicated(mesh)
+  frozen_sharding = jax.tree.map(lambda _: replicated, frozen_shapes)
 
   step = jax.jit(
       functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                        config=config),
-      in_shardings=(state_sharding, {key: batch_sharding for key in batch}),
-      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+                        config=config, make_aux_loss=make_aux_loss),
+      in_shardings=(state_sharding, {key: batch_sharding for key in batch}, frozen_sharding),
+      out_shardings=(state_sharding, replicated), donate_argnums=0)
   start = time.perf_counter()
   with sharding.activate(mesh):  # activation constraints need the mesh and rules
-    compiled = step.lower(_with_shardings(state_shapes, state_sharding), batch).compile()
+    lowered = step.lower(_with_shardings(state_shapes, state_sharding), batch,
+                         _with_shardings(frozen_shapes, frozen_sharding))
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
   return Compiled(compiled, mesh, models.count_params(state_shapes.params),
-                  time.perf_counter() - start)
+                  lower_seconds=lowered_at - start,
+                  compile_seconds=time.perf_counter() - lowered_at)
 
 
 def memory_per_chip(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -232,10 +268,12 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   print(f"topology        {topology} ({devices[0].device_kind}, {chips} chips, {hosts} hosts)")
   print(f"mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
   print(f"model           {config.model.get('preset', '?')} {config.model.dtype}, "
-        f"{result.num_params:,} params, remat_policy={config.model.remat_policy}")
+        f"{result.num_params:,} params, remat_policy={config.model.remat_policy}, "
+        f"REPA {'on' if config.repa.enabled else 'off'}")
   print(f"batch           {config.batch_size} global, {config.batch_size // chips} per chip, "
         f"{res}x{res}")
-  print(f"compile         {result.seconds:.1f} s")
+  print(f"compile         {result.lower_seconds:.1f} s lowering + "
+        f"{result.compile_seconds:.1f} s XLA")
   print("memory per chip (XLA memory_analysis):")
   for key, value in mem.items():
     print(f"  {key:<16}{value / GIB:9.3f} GiB")
@@ -259,12 +297,21 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   return mem["total"] / GIB
 
 
+def _validate(config: ml_collections.ConfigDict) -> None:
+  """The trainer's checks, except that REPA may go without its DINOv2 weights: only their
+  shapes are compiled against (ViT-B/14 unless config.repa.dino_checkpoint names others)."""
+  if config.repa.enabled and not config.repa.dino_checkpoint:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.repa.dino_checkpoint = "<ViT-B/14 shapes>"
+  validation.validate_config(config)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   try:
-    validation.validate_config(config)
+    _validate(config)
     generation, devices = topology_devices(FLAGS.topology)
     hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
     try:
