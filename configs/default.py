@@ -82,6 +82,10 @@ def get_config():
   config.eval_num_samples = 200
   config.final_eval_num_samples = 1000
   config.grid_classes = 10      # rows of the sample grid (one class per row)
+  # FID during training (any dataset): converted FID-Inception weights (.npz from
+  # `python -m pixnerd_jax.evaluation.inception`) and reference statistics (an ADM
+  # VIRTUAL_*.npz with mu/sigma, or an .npz of images). Empty: no FID.
+  config.fid = ml_collections.ConfigDict(dict(inception="", reference=""))
 
   # A params checkpoint (from `convert checkpoint` or a training run) to start from.
   config.init_from = ""

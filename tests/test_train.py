@@ -228,3 +228,18 @@ def test_repa_without_dino_weights_is_a_config_error():
   config = _config(**{"repa.enabled": True, "repa.align_layer": 1})
   with pytest.raises(validation.ConfigError, match="config.repa.dino_checkpoint"):
     validation.validate_config(config)
+
+
+def test_fid_is_logged_during_training_when_configured(tmp_path):
+  from pixnerd_jax.evaluation import inception
+  inception.save_variables(str(tmp_path / "inception.npz"), inception.random_variables(0))
+  np.savez(tmp_path / "ref.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+  config = _config(num_train_steps=2, checkpoint_every=2, eval_every=1, eval_num_samples=4,
+                   **{"fid.inception": str(tmp_path / "inception.npz"),
+                      "fid.reference": str(tmp_path / "ref.npz")})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path / "run"))
+  events.Reload()
+  tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+  assert {"eval/fid_fid", "eval/fid_inception_score"} <= tags, tags

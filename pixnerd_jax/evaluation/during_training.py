@@ -23,6 +23,7 @@ class TrainingEvaluator:
     self._workdir = workdir
     self._writer = writer
     self._judge = None
+    self._fid_inputs = None
     s = config.sampling
     shape = (config.data.resolution, config.data.resolution, model.in_channels)
     self._shape = shape
@@ -63,16 +64,28 @@ class TrainingEvaluator:
     return path
 
   def evaluate(self, step: int, params, num_samples: int, final: bool = False) -> dict:
-    """Judge metrics of class-balanced EMA samples (digits only; FID is separate)."""
-    if self._config.data.name != "digits" or num_samples <= 0:
+    """Metrics of class-balanced EMA samples: the digits judge for the digits job, FID and
+    Inception Score when config.fid names Inception weights and reference statistics."""
+    fid_config = self._config.fid
+    use_fid = bool(fid_config.inception and fid_config.reference)
+    if num_samples <= 0 or (self._config.data.name != "digits" and not use_fid):
       return {}
-    if self._judge is None:
-      from pixnerd_jax.evaluation.digits_judge import DigitsJudge  # pylint: disable=g-import-not-at-top
-      self._judge = DigitsJudge(resolution=self._config.data.resolution)
     labels = np.arange(num_samples) % self._model.num_classes
     samples = self.generate(params, labels, seed=self._config.seed + 2)
-    metrics = self._judge.metrics(samples, labels)
+    if use_fid:
+      from pixnerd_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+      if self._fid_inputs is None:
+        variables = fid.inception.load_variables(fid_config.inception)
+        self._fid_inputs = (variables, fid.load_reference_stats(fid_config.reference, variables))
+      metrics = fid.fid_from_samples(images_lib.to_uint8(samples), *self._fid_inputs)
+      name = "fid"
+    else:
+      if self._judge is None:
+        from pixnerd_jax.evaluation.digits_judge import DigitsJudge  # pylint: disable=g-import-not-at-top
+        self._judge = DigitsJudge(resolution=self._config.data.resolution)
+      metrics = self._judge.metrics(samples, labels)
+      name = "digits"
     prefix = "final" if final else "eval"
-    self._writer.write_scalars(step, {f"{prefix}/digits_{k}": v for k, v in metrics.items()})
+    self._writer.write_scalars(step, {f"{prefix}/{name}_{k}": v for k, v in metrics.items()})
     logging.info("Step %d %s: %s", step, prefix, metrics)
     return metrics
