@@ -38,7 +38,7 @@ def main():
   parser.add_argument("--guidance", type=float, default=3.5)
   parser.add_argument("--interval", type=float, nargs=2, default=(0.1, 1.0))
   parser.add_argument("--order", type=int, default=2, help="AdamLM order")
-  parser.add_argument("--repeats", type=int, default=1, help="timed runs (median)")
+  parser.add_argument("--repeats", type=int, default=2, help="timed runs per variant (median)")
   parser.add_argument("--no_compare", action="store_true",
                       help="skip the always-doubled (reference) variant")
   args = parser.parse_args()
@@ -59,27 +59,30 @@ def main():
         f"sample {cost['images']} (skipping) vs {cost['images_always_doubled']} (always "
         f"doubled): {100 * cost['saving']:.1f}% fewer", flush=True)
 
-  results = {}
+  variants = {}
   for skip in (True,) if args.no_compare else (True, False):
     fn = jax.jit(lambda p, x, y, skip=skip: samplers.sample(
         lambda x, t, y: model.apply({"params": p}, x, t, y), x, y,
         null_class=model.num_classes, skip_unguided=skip, **settings))
     start = time.perf_counter()
-    compiled = fn.lower(params, noise, labels).compile()
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(args.repeats):
+    variants[skip] = fn.lower(params, noise, labels).compile()
+    print(f"{'skip unguided' if skip else 'always doubled':>15}: compile "
+          f"{time.perf_counter() - start:6.1f} s", flush=True)
+  # Alternate the variants so that drifting machine load affects both alike.
+  times = {skip: [] for skip in variants}
+  for _ in range(args.repeats):
+    for skip, compiled in variants.items():
       start = time.perf_counter()
       jax.block_until_ready(compiled(params, noise, labels))
-      times.append(time.perf_counter() - start)
-    run_s = statistics.median(times)
-    results[skip] = run_s
-    name = "skip unguided" if skip else "always doubled"
-    print(f"{name:>15}: compile {compile_s:6.1f} s | run {run_s:8.1f} s | "
-          f"{args.batch / run_s:8.3f} img/s", flush=True)
-  if len(results) == 2:
-    print(f"time saved by skipping: {100 * (1 - results[True] / results[False]):.1f}% "
-          f"(forward-pass count predicts {100 * cost['saving']:.1f}%)")
+      times[skip].append(time.perf_counter() - start)
+  for skip, runs in times.items():
+    run_s = statistics.median(runs)
+    print(f"{'skip unguided' if skip else 'always doubled':>15}: run {run_s:8.2f} s "
+          f"(median of {len(runs)}) | {args.batch / run_s:8.3f} img/s", flush=True)
+  if len(times) == 2:
+    saved = 1 - statistics.median(times[True]) / statistics.median(times[False])
+    print(f"time saved by skipping: {100 * saved:.1f}% (forward-pass count predicts "
+          f"{100 * cost['saving']:.1f}%)")
 
 
 if __name__ == "__main__":

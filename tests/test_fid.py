@@ -208,6 +208,8 @@ def test_frechet_distance_matches_an_independent_scipy_computation(samples):
   assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-7)
   assert fid.frechet_distance(mu1, s1, mu2, s2, method="sqrtm") == pytest.approx(
       expected, rel=1e-6)
+  # From the features directly (the path for N <= F, and the stats path for N > F).
+  assert fid.frechet_distance_from_features(a, mu2, s2) == pytest.approx(expected, rel=1e-7)
   # Diagonal covariances: sum (sqrt a - sqrt b)^2.
   d1, d2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
   for method in ("eigh", "sqrtm"):
