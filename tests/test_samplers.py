@@ -338,3 +338,16 @@ def test_settings_from_config_defaults_and_overrides():
   assert s["guidance_interval"] == (0.1, 1.0) and s["step_fn"] == "ode"
   with pytest.raises(ValueError, match="sampling.order"):
     samplers.settings_from_config(cfg, order=5)
+
+
+def test_heun_with_velocity_reuse_is_adams_bashforth_2_on_a_uniform_grid():
+  # Its predictors p_{k+1} = p_k + (3/2 v_k - 1/2 v_{k-1}) dt: two independent code paths.
+  velocity = lambda x, t, y: jnp.sin(3 * x) * (1 + t[:, None, None, None]) - x
+  noise = jax.random.normal(jax.random.key(7), (2, 3, 3, 1))
+  kw = dict(num_steps=12, null_class=1)
+  heun = samplers.heun_sample(velocity, noise, jnp.array([0, 0]), **kw)
+  np.testing.assert_allclose(
+      heun, samplers.adamlm_sample(velocity, noise, jnp.array([0, 0]), order=2, **kw), atol=2e-6)
+  shifted = samplers.heun_sample(velocity, noise, jnp.array([0, 0]), timeshift=3.0, **kw)
+  assert not np.allclose(shifted, samplers.adamlm_sample(
+      velocity, noise, jnp.array([0, 0]), order=2, timeshift=3.0, **kw), atol=1e-4)
