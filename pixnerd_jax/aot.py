@@ -70,9 +70,6 @@ CHIPS = {
     "v5p": Chip("TPU v5", 95, 459e12, 3, "megacore"),
     "v6e": Chip("TPU v6 lite", 32, 918e12, 2, "default"),
 }
-# The generation whose compile-only memory analysis we saw report temporaries (libtpu
-# 0.0.42); the others reported 0 for the same program.
-REPORTS_TEMPS = "v5p"
 
 
 class AotError(Exception):
@@ -237,17 +234,23 @@ def flops_per_chip(compiled: jax.stages.Compiled) -> float | None:
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+# XLA's TPU compiler refuses a program larger than HBM; its messages (libtpu 0.0.42):
+_OOM_PATTERNS = (
+    re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM "
+               r"\(([\d.]+)([KMGT])\)"),
+    re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm"),
+)
 
 
 def _oom_gib(message: str) -> tuple[float, float] | None:
-  """(needed, capacity) GiB from XLA's 'Used 120.5G of 95.74G hbm' compile error."""
-  match = _OOM.search(message)
-  if not match:
-    return None
+  """(needed, capacity) GiB from XLA's out-of-HBM compile error, else None."""
   scale = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 2**10}
-  return (float(match.group(1)) * scale[match.group(2)],
-          float(match.group(3)) * scale[match.group(4)])
+  for pattern in _OOM_PATTERNS:
+    match = pattern.search(message)
+    if match:
+      return (float(match.group(1)) * scale[match.group(2)],
+              float(match.group(3)) * scale[match.group(4)])
+  return None
 
 
 def does_not_fit_message(needed_gib: float, hbm_gib: float, per_chip_batch: int) -> str:
@@ -278,10 +281,11 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   for key, value in mem.items():
     print(f"  {key:<16}{value / GIB:9.3f} GiB")
   print(f"  HBM             {hbm_gib:9.3f} GiB ({100 * mem['total'] / GIB / hbm_gib:.0f}% used)")
-  if mem["temporaries"] == 0 and generation != REPORTS_TEMPS:
-    print(f"  note: {generation}'s compile-only analysis reports no temporaries, so the total "
-          "is a lower bound; compile the same per-chip batch and mesh for a v5p topology "
-          "to see them.")
+  if mem["temporaries"] == 0:
+    # Seen for small programs on v4/v5e/v6e (libtpu 0.0.42), never on v5p.
+    print(f"  note: no temporaries in HBM reported ({generation} may keep small ones in "
+          "on-chip memory, or the analysis left them out): the total may be a lower bound; "
+          "the same per-chip batch and mesh on a v5p topology shows them.")
   flops = flops_per_chip(result.compiled)
   if flops is None:
     print("FLOPs per step  unavailable (no cost analysis)")
@@ -316,14 +320,13 @@ def main(argv):
     hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
     try:
       result = compile_train_step(config, devices)
-    except (jax.errors.JaxRuntimeError, ValueError) as e:
+    except jax.errors.JaxRuntimeError as e:
       oom = _oom_gib(str(e))
-      if oom is None and "RESOURCE_EXHAUSTED" not in str(e):
+      if oom is None:
         raise
-      # XLA's TPU compiler refuses programs larger than the chip's HBM.
-      needed = oom[0] if oom else float("nan")
-      print(does_not_fit_message(needed, oom[1] if oom else hbm_gib,
-                                 config.batch_size // len(devices)), file=sys.stderr)
+      print(str(e).splitlines()[0], file=sys.stderr)  # XLA's own account
+      print(does_not_fit_message(oom[0], oom[1], config.batch_size // len(devices)),
+            file=sys.stderr)
       sys.exit(1)
   except (AotError, validation.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)

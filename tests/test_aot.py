@@ -66,8 +66,11 @@ def test_topology_names():
   assert aot.chips_per_host_bounds("v6e", (8, 8)) == (2, 2, 1)
 
 
-def test_out_of_memory_message_is_parsed():
-  needed, capacity = aot._oom_gib("RESOURCE_EXHAUSTED: ... Used 120.50G of 95.74G hbm. "
-                                  "Exceeded hbm capacity by 24.76G.")
-  assert (needed, capacity) == (120.5, 95.74)
+def test_out_of_memory_messages_are_parsed():
+  # What XLA said for imagenet256 (64 images per chip) on v5e:2x2.
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
+             "HLO temporaries (25.33G) exceeds available HBM (15.75G).")
+  assert aot._oom_gib(message) == (25.33, 15.75)
+  assert aot._oom_gib("Used 120.50G of 95.74G hbm. Exceeded hbm capacity") == (120.5, 95.74)
+  assert aot._oom_gib("Used 512M of 1G hbm") == (0.5, 1.0)
   assert aot._oom_gib("some other error") is None
