@@ -26,22 +26,9 @@ Everything after `--` goes to pixnerd_jax.main, e.g. -- --config.batch_size=128
 USAGE
 }
 
-die() { echo "error: $*" >&2; echo "Run launch/single_host_gpu.sh --help for usage." >&2; exit 2; }
-
-show() {
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$arg")
-    else out+=("'${arg//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-
-run() {
-  if [[ "$DRY_RUN" == 1 ]]; then show "$@"; else "$@"; fi
-}
-
-need_value() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value"; }
+SCRIPT=launch/single_host_gpu.sh
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 CONFIG="" WORKDIR="" GPUS="" VENV="" SETUP=0 DRY_RUN=0
 EXTRA=()

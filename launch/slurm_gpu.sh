@@ -39,22 +39,9 @@ The job's output goes to DIR/slurm-JOBID.out.
 EOF
 }
 
-die() { echo "error: $*" >&2; echo "Run launch/slurm_gpu.sh --help for usage." >&2; exit 2; }
-
-show() {
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$arg")
-    else out+=("'${arg//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-
-run() {
-  if [[ "$DRY_RUN" == 1 ]]; then show "$@"; else "$@"; fi
-}
-
-need_value() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value"; }
+SCRIPT=launch/slurm_gpu.sh
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 positive_int() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer, got '$2'"; }
 
 NODES="" GPUS="" CONFIG="" WORKDIR="" PARTITION="" ACCOUNT="" TIME="" CPUS=8

@@ -40,23 +40,9 @@ Check the step shape fits first: python -m pixnerd_jax.aot --config=... --topolo
 EOF
 }
 
-die() { echo "error: $*" >&2; echo "Run launch/tpu_pod.sh --help for usage." >&2; exit 2; }
-
-# Prints a command with each argument single-quoted where needed (copy-pastable).
-show() {
-  local out=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$arg")
-    else out+=("'${arg//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-
-run() {
-  if [[ "$DRY_RUN" == 1 ]]; then show "$@"; else "$@"; fi
-}
-
-need_value() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value"; }
+SCRIPT=launch/tpu_pod.sh
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 NAME="" ZONE="" CONFIG="" WORKDIR="" PROJECT="" CREATE=0 ACCEL="" RUNTIME="" SPOT=0
 REPO="" REF="" REMOTE_DIR="pixnerd-jax" SKIP_SETUP=0 ALLOW_LOCAL=0 DRY_RUN=0
