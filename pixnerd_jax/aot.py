@@ -11,7 +11,6 @@ booked.
 """
 
 import dataclasses
-import functools
 import math
 import os
 import re
@@ -118,20 +117,23 @@ def topology_devices(topology: str):
 
 
 def _with_shardings(shapes, shardings):
+  """Shapes (a tree) with shardings (a tree of the same structure, or one sharding)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, shapes)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       shapes, shardings)
 
 
-def abstract_batch(config: ml_collections.ConfigDict, batch_sharding):
-  """The batch train.py feeds the step, as shapes: float32 images, int32 labels."""
+def abstract_batch(config: ml_collections.ConfigDict, program: train.TrainProgram):
+  """The global batch the trainer feeds the step, as sharded shapes: float32 images
+  (and REPA's raw images), int32 labels."""
   res, channels = config.data.resolution, config.model.in_channels
-  batch = {"image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels),
-                                         jnp.float32, sharding=batch_sharding),
-           "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
-                                         sharding=batch_sharding)}
-  if config.repa.enabled:  # train.py adds the [0, 1] image for the REPA encoder
-    batch["raw_image"] = batch["image"]
-  return batch
+  shapes = {"image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels), jnp.float32),
+            "raw_image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels),
+                                              jnp.float32),
+            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
+  return {key: _with_shardings(shapes[key], program.batch_sharding)
+          for key in program.batch_keys}
 
 
 @dataclasses.dataclass
@@ -143,67 +145,43 @@ class Compiled:
   compile_seconds: float  # XLA's TPU compiler
 
 
-def _repa_parts(config: ml_collections.ConfigDict):
-  """(make_aux_loss, make_aux_params, frozen param shapes) as train.py builds them for
-  REPA, or (None, None, None). Without config.repa.dino_checkpoint the frozen encoder is
-  DinoV2()'s ViT-B/14 (the reference's), as shapes only: no weights are needed."""
+def _dino_shapes(config: ml_collections.ConfigDict):
+  """(DinoV2 module, param shapes) for REPA, or (None, None). Without
+  config.repa.dino_checkpoint it is DinoV2()'s ViT-B/14 (the reference's): only shapes
+  are compiled against, so no weights are needed."""
   if not config.repa.enabled:
-    return None, None, None
+    return None, None
   if config.repa.dino_checkpoint:
     dino_model, dino_params = repa.load_dino(config)
-    frozen_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                 dino_params)
-  else:
-    dino_model = dinov2.DinoV2()
-    frozen_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32),
-                                 dinov2.param_shapes(dino_model))
-  projector = repa.Projector(out_size=dino_model.hidden_size)
-  make_aux_loss = functools.partial(repa.make_aux_loss_fn, dino_model, projector=projector,
-                                    weight=config.repa.weight,
-                                    patch_size=config.model.patch_size)
-  make_aux_params = lambda: repa.init_projector(
-      projector, jax.random.key(config.seed + 1), config.model.hidden_size)
-  return make_aux_loss, make_aux_params, frozen_shapes
+    return dino_model, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                    dino_params)
+  dino_model = dinov2.DinoV2()
+  return dino_model, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                                  dinov2.param_shapes(dino_model))
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
-  """Lowers and compiles train.train_step for `devices` with train.py's shardings.
+  """Lowers and compiles the trainer's step (train.build_train_program) for `devices`.
 
-  The state, batch and frozen (REPA encoder) params are ShapeDtypeStructs carrying their
-  shardings, so nothing is allocated; the state is donated as in the trainer, so its
-  outputs alias its inputs.
+  The state, batch and frozen (REPA encoder) params are ShapeDtypeStructs carrying the
+  trainer's shardings, so nothing is allocated; the state is donated as in the trainer,
+  so its outputs alias its inputs.
   """
-  mesh = sharding.create_mesh(config.mesh, devices=devices)
   if config.batch_size % len(devices):
     raise AotError(f"config.batch_size={config.batch_size} does not split over "
                    f"{len(devices)} chips; use a multiple of {len(devices)}.")
-  model = train.create_model(config)
-  tx, schedule = train.create_optimizer(config)
-  make_aux_loss, make_aux_params, frozen_shapes = _repa_parts(config)
-  # The same construction as train.train_and_evaluate, evaluated only for shapes.
-  make_state = lambda: train.create_train_state(
-      train.init_params(model, config.seed), tx,
-      make_aux_params() if make_aux_params else None)
-  params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
-  state_shapes = jax.eval_shape(make_state)
-  state_sharding = sharding.state_shardings(state_shapes, params_sharding, tx, mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch = abstract_batch(config, batch_sharding)
-  replicated = sharding.replicated(mesh)
-  frozen_sharding = jax.tree.map(lambda _: replicated, frozen_shapes)
-
-  step = jax.jit(
-      functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                        config=config, make_aux_loss=make_aux_loss),
-      in_shardings=(state_sharding, {key: batch_sharding for key in batch}, frozen_sharding),
-      out_shardings=(state_sharding, replicated), donate_argnums=0)
+  mesh = sharding.create_mesh(config.mesh, devices=devices)
+  dino_model, frozen_shapes = _dino_shapes(config)
+  program = train.build_train_program(config, mesh, dino_model)
+  frozen = _with_shardings(frozen_shapes, sharding.replicated(mesh))
   start = time.perf_counter()
   with sharding.activate(mesh):  # activation constraints need the mesh and rules
-    lowered = step.lower(_with_shardings(state_shapes, state_sharding), batch,
-                         _with_shardings(frozen_shapes, frozen_sharding))
+    lowered = program.step.lower(
+        _with_shardings(program.state_shapes, program.state_sharding),
+        abstract_batch(config, program), frozen)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
-  return Compiled(compiled, mesh, models.count_params(state_shapes.params),
+  return Compiled(compiled, mesh, models.count_params(program.state_shapes.params),
                   lower_seconds=lowered_at - start,
                   compile_seconds=time.perf_counter() - lowered_at)
 

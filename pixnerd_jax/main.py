@@ -3,7 +3,6 @@
 Starting again with the same workdir resumes from its latest checkpoint.
 """
 
-import os
 import sys
 
 from absl import app
@@ -12,6 +11,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pixnerd_jax import distributed
 from pixnerd_jax import train
 from pixnerd_jax.checkpoint import CheckpointError
 from pixnerd_jax.validation import ConfigError
@@ -27,29 +27,6 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordin
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Environment variables that mean "one of several processes": SLURM, TPU pods, and JAX's own.
-_CLUSTER_ENV = ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                "JAX_COORDINATOR_ADDRESS")
-
-
-def _initialize_distributed() -> None:
-  """jax.distributed.initialize() for explicit flags, SLURM or a TPU pod; else nothing."""
-  # CPU processes need a collectives backend; harmless on GPU/TPU.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    return
-  multi = [k for k in _CLUSTER_ENV if os.environ.get(k)]
-  if os.environ.get("SLURM_NTASKS", "1") == "1" and multi == ["SLURM_NTASKS"]:
-    return  # a single SLURM task
-  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") == 0 and multi == [
-      "TPU_WORKER_HOSTNAMES"]:
-    return  # a single-host TPU VM
-  if multi:
-    jax.distributed.initialize()
-
-
 class _QuietLibraries:
   """Drops INFO records from Orbax's very chatty checkpoint logging."""
 
@@ -61,7 +38,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  _initialize_distributed()
+  try:
+    kind = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if kind:
+    logging.info("jax.distributed initialized (%s).", kind)
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

@@ -35,7 +35,7 @@ from ml_collections import config_flags
 from pixnerd_jax import checkpoint
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
-from pixnerd_jax.models import build_model, param_shapes
+from pixnerd_jax.models import build_model, param_shapes, params_for_model
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet256.py.",
@@ -65,9 +65,8 @@ flags.DEFINE_bool("exact_heun", None, "Heun without reusing the corrector veloci
 flags.DEFINE_enum("step_fn", None, list(samplers.STEP_FNS), "Euler step (ODE or SDE).")
 flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
-# Runtime choices taken from config.model even when a params checkpoint names the
-# architecture (its model.json).
-_RUNTIME_MODEL_FIELDS = ("dtype", "attention_implementation")
+# How to run the model rather than what it is: taken from the run config, not model.json.
+_RUNTIME_MODEL_FIELDS = ("dtype", "attention_implementation", "remat_policy", "scan_blocks")
 CHUNK_PATTERN = "samples_{:05d}.npz"
 MANIFEST = "run.json"
 
@@ -104,7 +103,8 @@ def load_checkpoint(path: str, config, online: bool = False, step: int | None = 
         f"{path} is neither a training workdir (no checkpoints/) nor a params checkpoint "
         f"(no {checkpoint.MODEL_JSON}).")
   model = build_model(model_config)
-  params = checkpoint.match_params(params, param_shapes(model), source)
+  params = checkpoint.match_params(params_for_model(params, model), param_shapes(model),
+                                   source)
   return model, params, source
 
 

@@ -41,6 +41,7 @@ LOGICAL_AXIS_RULES = (
     ("norm", None),
     ("length", None),
     ("act_embed", None),
+    ("layers", None),  # the stacked axis of scanned blocks
 )
 
 

@@ -5,6 +5,7 @@ with every checkpoint, so a run restarted from any checkpoint replays exactly th
 same steps as an uninterrupted one.
 """
 
+import dataclasses
 import functools
 import os
 import signal
@@ -151,6 +152,65 @@ def train_step(state: TrainState, batch: dict, frozen_params=None, *, model: Pix
   return new_state, metrics
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """The jitted train step and everything needed to feed it on one mesh.
+
+  Built once by `build_train_program`, used by the training loop and by aot.py, so the
+  program compiled ahead of time for a TPU slice is the one the pod runs.
+  Attributes:
+    make_state: () -> a fresh TrainState; jit it with out_shardings=state_sharding.
+    state_shapes: the TrainState as ShapeDtypeStructs.
+    batch_keys: the batch entries the step reads ('raw_image' only with REPA).
+    step: jitted (state, batch, frozen_params) -> (state, metrics); the state is donated.
+  """
+  model: PixNerDiT
+  tx: optax.GradientTransformation
+  schedule: Callable
+  mesh: jax.sharding.Mesh
+  make_state: Callable[[], TrainState]
+  state_shapes: TrainState
+  state_sharding: Any
+  batch_sharding: jax.sharding.NamedSharding
+  batch_keys: tuple[str, ...]
+  step: Callable
+
+
+def build_train_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                        dino_model=None) -> TrainProgram:
+  """Model, optimizer, state shardings and the jitted step for `config` on `mesh`.
+
+  With REPA, `dino_model` is the frozen DinoV2 module; its params are the step's third
+  argument (arrays when training, ShapeDtypeStructs when compiling ahead of time).
+  """
+  model = create_model(config)
+  tx, schedule = create_optimizer(config)
+  make_aux_loss, make_aux_params = None, dict
+  if config.repa.enabled:
+    if dino_model is None:
+      raise ValueError("config.repa.enabled needs the frozen DINOv2 module (dino_model).")
+    projector = repa.Projector(out_size=dino_model.hidden_size)
+    make_aux_loss = functools.partial(repa.make_aux_loss_fn, dino_model, projector=projector,
+                                      weight=config.repa.weight,
+                                      patch_size=config.model.patch_size)
+    make_aux_params = lambda: repa.init_projector(
+        projector, jax.random.key(config.seed + 1), config.model.hidden_size)
+  make_state = lambda: create_train_state(init_params(model, config.seed), tx,
+                                          make_aux_params())
+  params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
+  state_shapes = jax.eval_shape(make_state)
+  state_sharding = sharding.state_shardings(state_shapes, params_sharding, tx, mesh)
+  step = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
+                        make_aux_loss=make_aux_loss),
+      donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
+  batch_keys = ("image", "raw_image", "label") if config.repa.enabled else ("image", "label")
+  return TrainProgram(model=model, tx=tx, schedule=schedule, mesh=mesh, make_state=make_state,
+                      state_shapes=state_shapes, state_sharding=state_sharding,
+                      batch_sharding=sharding.batch_sharding(mesh), batch_keys=batch_keys,
+                      step=step)
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks once per step."""
 
@@ -199,24 +259,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   mesh = sharding.create_mesh(config.mesh)
   logging.info("Mesh: %s", dict(mesh.shape))
-  model = create_model(config)
-  tx, schedule = create_optimizer(config)
-
-  aux_params, frozen_params, make_aux_loss = {}, None, None
+  dino_model, frozen_params = None, None
   if config.repa.enabled:
     dino_model, frozen_params = repa.load_dino(config)
-    projector = repa.Projector(out_size=dino_model.hidden_size)
-    aux_params = repa.init_projector(projector, jax.random.key(config.seed + 1),
-                                     config.model.hidden_size)
-    make_aux_loss = functools.partial(repa.make_aux_loss_fn, dino_model, projector=projector,
-                                      weight=config.repa.weight,
-                                      patch_size=config.model.patch_size)
     frozen_params = jax.device_put(frozen_params, sharding.replicated(mesh))
-  make_state = lambda: create_train_state(init_params(model, config.seed), tx, aux_params)
-  params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
-  state_sharding = sharding.state_shardings(jax.eval_shape(make_state), params_sharding, tx,
-                                            mesh)
-  state = jax.jit(make_state, out_shardings=state_sharding)()
+  program = build_train_program(config, mesh, dino_model)
+  state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
   parameter_overview.log_parameter_overview(state.params)
   logging.info("Model: %s parameters", f"{count_params(state.params):,}")
 
@@ -229,24 +277,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.info("Resumed from the checkpoint of step %d.", restored_step)
   elif config.init_from:
     _, params = checkpoint.load_params(config.init_from)
-    params = checkpoint.match_params(params, state.params, config.init_from)
+    params = checkpoint.match_params(models.params_for_model(params, program.model),
+                                     state.params, config.init_from)
+    aux_params = state.aux_params
     projector_dir = os.path.join(config.init_from, checkpoint.REPA_PROJECTOR_DIR)
     if config.repa.enabled and os.path.isdir(projector_dir):
       aux_params = checkpoint.match_params(checkpoint.load_params(projector_dir)[1],
                                            aux_params, projector_dir)
-    state = jax.device_put(create_train_state(params, tx, aux_params), state_sharding)
+    state = jax.device_put(create_train_state(params, program.tx, aux_params),
+                           program.state_sharding)
     logging.info("Initialised params and EMA from %s.", config.init_from)
   initial_step = int(state.step)
   if initial_step == 0:
     writer.write_hparams(validation.flat_hparams(config))
 
-  p_train_step = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
-                        make_aux_loss=make_aux_loss),
-      donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch_keys = ("image", "raw_image", "label") if config.repa.enabled else ("image", "label")
-  evaluator = TrainingEvaluator(config, model, workdir, writer)
+  evaluator = TrainingEvaluator(config, program.model, workdir, writer)
 
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                            writer=writer, every_steps=config.log_every)
@@ -259,8 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       local_batch = next(train_iter)
       data_wait += time.perf_counter() - wait_start
       skipped += int(local_batch.pop(data_lib.NUM_SKIPPED_KEY, 0))
-      batch = data_lib.make_global_batch(local_batch, batch_sharding, keys=batch_keys)
-      state, metrics = p_train_step(state, batch, frozen_params)
+      batch = data_lib.make_global_batch(local_batch, program.batch_sharding,
+                                         keys=program.batch_keys)
+      state, metrics = program.step(state, batch, frozen_params)
       history.append(metrics)
       pending_losses.append((step, metrics["loss"]))
       report(step)

@@ -6,6 +6,8 @@ import jax
 import ml_collections
 from etils import epath
 
+from pixnerd_jax.models.pixnerd import REMAT_POLICIES
+
 DATASETS = ("digits", "tfds", "folder")
 DIGITS_CLASSES = 10
 
@@ -36,6 +38,10 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
          f"must be in 1..model.num_blocks={m.num_blocks}", "lower it or raise num_blocks")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "unknown dtype",
          "use 'float32' or 'bfloat16'")
+  _check(m.get("remat_policy", "none") in REMAT_POLICIES, "model.remat_policy",
+         m.get("remat_policy"), "unknown remat policy", f"use one of {REMAT_POLICIES}")
+  _check(isinstance(m.get("scan_blocks", False), bool), "model.scan_blocks",
+         m.get("scan_blocks"), "must be a bool", "use True or False")
   if d.name == "digits":
     _check(m.num_classes == DIGITS_CLASSES, "model.num_classes", m.num_classes,
            "the digits dataset has 10 classes", "set --config.model.num_classes=10")

@@ -1,10 +1,11 @@
 """Runs a few train steps of the tiny config on a given mesh; used by test_sharding.py.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_worker.py \
-      OUT.npz DATA FSDP TENSOR [NUM_DEVICES]
+      OUT.npz DATA FSDP TENSOR [NUM_DEVICES [SCAN_BLOCKS]]
+
+Params are saved in the per-block layout whatever SCAN_BLOCKS is, for comparison.
 """
 
-import functools
 import pathlib
 import sys
 
@@ -18,34 +19,30 @@ from configs import tiny
 from pixnerd_jax import data, models, sharding, train
 
 
-def main(out, data_size, fsdp, tensor, num_devices=8):
+def main(out, data_size, fsdp, tensor, num_devices=8, scan_blocks=0):
   config = tiny.get_config()
   config.model.hidden_size = 64
   config.model.num_groups = 4
+  config.model.scan_blocks = bool(scan_blocks)
   mesh = sharding.create_mesh({"data": data_size, "fsdp": fsdp, "tensor": tensor},
                               jax.devices()[:num_devices])
-  model = train.create_model(config)
-  tx, schedule = train.create_optimizer(config)
-  make_state = lambda: train.create_train_state(train.init_params(model, 0), tx)
-  params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
-  state_sharding = sharding.state_shardings(jax.eval_shape(make_state), params_sharding, tx,
-                                            mesh)
-  state = jax.jit(make_state, out_shardings=state_sharding)()
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                                   config=config),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)))
+  program = train.build_train_program(config, mesh)
+  state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
   it = data.create_train_iterator(config.data, global_batch_size=16, seed=0,
                                   process_index=0, process_count=1)
   losses = []
   with sharding.activate(mesh):
     for _ in range(3):
       local = next(it)
-      batch = data.make_global_batch(local, sharding.batch_sharding(mesh),
-                                     keys=("image", "label"))
-      state, metrics = step(state, batch)
+      batch = data.make_global_batch(local, program.batch_sharding, keys=program.batch_keys)
+      state, metrics = program.step(state, batch)
       losses.append(float(metrics["loss"]))
-  qkv = state.params["blocks_0"]["attn"]["qkv"]["kernel"]
-  flat = traverse_util.flatten_dict(jax.device_get(state.params), sep="/")
+  if scan_blocks:
+    qkv = state.params[models.pixnerd.SCANNED_BLOCKS]["block"]["attn"]["qkv"]["kernel"]
+  else:
+    qkv = state.params["blocks_0"]["attn"]["qkv"]["kernel"]
+  flat = traverse_util.flatten_dict(models.unstack_dit_blocks(jax.device_get(state.params)),
+                                    sep="/")
   np.savez(out, losses=np.array(losses), qkv_shard_shape=np.array(
       qkv.addressable_shards[0].data.shape), qkv_spec=str(qkv.sharding.spec),
            **{f"param/{k}": v for k, v in flat.items()})

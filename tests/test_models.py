@@ -8,8 +8,9 @@ import pytest
 from configs import models as presets
 from flax import linen as nn
 
-from pixnerd_jax.models import (build_model, count_params, init_params, param_shapes, patchify,
-                                unpatchify)
+from pixnerd_jax.models import (boxed_param_shapes, build_model, count_params, init_params,
+                                param_shapes, params_for_model, patchify, stack_dit_blocks,
+                                unpatchify, unstack_dit_blocks)
 from pixnerd_jax.models.layers import swiglu_hidden_size, timestep_frequencies
 from pixnerd_jax.models.nerf import dct_pixel_encoding
 from pixnerd_jax.models.rope import apply_rope, rope_2d_angles
@@ -160,3 +161,53 @@ def test_trunk_features_hook():
   _, state = model.apply({"params": params}, x, t, y, mutable=["intermediates"])
   (features,) = state["intermediates"]["trunk_features"]
   assert features.shape == (2, 4, 32)
+
+
+def _loss_and_grads(model, params, x, t, y):
+  def loss(p):
+    out, state = model.apply({"params": p}, x, t, y, mutable=["intermediates"])
+    (features,) = state["intermediates"]["trunk_features"]
+    return jnp.mean(jnp.square(out - x)) + jnp.mean(jnp.square(features))
+  return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "decoder", "blocks", "dots_saveable"])
+def test_scanned_trunk_and_remat_match_the_block_loop(remat_policy):
+  fields = dict(num_blocks=5, num_cond_blocks=3, features_after_block=2)
+  loop = _tiny(**fields)
+  scanned = _tiny(**fields, scan_blocks=True, remat_policy=remat_policy)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  t, y = jnp.array([0.3, 0.8]), jnp.array([1, 2])
+  params = _perturbed_params(loop, x, t, y)
+  stacked = stack_dit_blocks(params, 3)
+  assert stacked["dit_blocks"]["block"]["attn"]["qkv"]["kernel"].shape == (3, 32, 96)
+  assert "blocks_0" not in stacked and "blocks_3" in stacked  # NerfBlocks stay per block
+  assert jax.tree.structure(stacked) == jax.tree.structure(param_shapes(scanned))
+
+  ref_loss, ref_grads = _loss_and_grads(loop, params, x, t, y)
+  loss, grads = _loss_and_grads(scanned, stacked, x, t, y)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  for (path, g), ref in zip(jax.tree_util.tree_flatten_with_path(unstack_dit_blocks(grads))[0],
+                            jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def test_block_layouts_convert_both_ways_and_init_agrees():
+  loop, scanned = _tiny(), _tiny(scan_blocks=True)
+  params = init_params(loop, jax.random.key(3))
+  back = unstack_dit_blocks(params_for_model(params, scanned))
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, back))
+  assert params_for_model(params, loop) == params
+  # Same seed, same values, whichever layout trains.
+  scanned_init = init_params(scanned, jax.random.key(3))
+  np.testing.assert_array_equal(unstack_dit_blocks(scanned_init)["blocks_1"]["mlp"]["w1"]["kernel"],
+                                params["blocks_1"]["mlp"]["w1"]["kernel"])
+  boxed = boxed_param_shapes(scanned)["dit_blocks"]["block"]["attn"]["qkv"]["kernel"]
+  assert boxed.names == ("layers", "embed", "qkv")
+
+
+def test_scanned_trunk_rejects_a_feature_block_outside_the_trunk():
+  model = _tiny(scan_blocks=True, features_after_block=5)
+  with pytest.raises(ValueError, match="not a DiT block"):
+    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)),
+               jnp.zeros((1,), jnp.int32))

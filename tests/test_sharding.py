@@ -24,8 +24,12 @@ def _run(tmp_path, name, *mesh):
     return {k: f[k] for k in f.files}
 
 
-def test_meshes_match_single_device(tmp_path):
-  single = _run(tmp_path, "single", 1, 1, 1, 1)
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+  return _run(tmp_path_factory.mktemp("single"), "single", 1, 1, 1, 1)
+
+
+def test_meshes_match_single_device(tmp_path, single):
   for mesh in [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2)]:
     result = _run(tmp_path, "x".join(map(str, mesh)), *mesh)
     np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
@@ -38,6 +42,18 @@ def test_meshes_match_single_device(tmp_path):
     assert tuple(result["qkv_shard_shape"]) == (64 // fsdp, 192 // tensor), mesh
     if fsdp > 1:
       assert "fsdp" in str(result["qkv_spec"])
+
+
+def test_scanned_blocks_on_a_mesh_match_single_device(tmp_path, single):
+  scanned = _run(tmp_path, "scan", 2, 4, 1, 8, 1)
+  np.testing.assert_allclose(scanned["losses"], single["losses"], rtol=1e-5, atol=1e-6)
+  keys = [k for k in single if k.startswith("param/")]
+  assert sorted(keys) == sorted(k for k in scanned if k.startswith("param/"))
+  for key in keys:
+    np.testing.assert_allclose(scanned[key], single[key], rtol=1e-4, atol=2e-6, err_msg=key)
+  # Stacked qkv kernel (layers=2, embed=64, qkv=192): layers whole, embed over fsdp.
+  assert tuple(scanned["qkv_shard_shape"]) == (2, 16, 192)
+  assert str(scanned["qkv_spec"]).startswith("P(None, 'fsdp'")
 
 
 def test_mesh_shape_from_config():

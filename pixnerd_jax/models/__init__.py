@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pixnerd_jax.models.pixnerd import PixNerDiT, patchify, unpatchify
+from pixnerd_jax.models.pixnerd import (PixNerDiT, params_for_model, patchify,
+                                       stack_dit_blocks, unpatchify, unstack_dit_blocks)
 
 # Config fields that are not constructor arguments.
 _NOT_MODEL_FIELDS = ("preset",)
@@ -42,7 +43,14 @@ def param_shapes(model: PixNerDiT):
 
 
 def init_params(model: PixNerDiT, rng):
-  """Fresh float32 params as plain arrays (logical-axis boxes removed)."""
+  """Fresh float32 params as plain arrays (logical-axis boxes removed).
+
+  A scanned model gets its unscanned twin's values, stacked: scan_blocks changes how the
+  trunk compiles, never what a seed trains.
+  """
+  if model.scan_blocks:
+    return stack_dit_blocks(init_params(model.clone(scan_blocks=False), rng),
+                            model.num_cond_blocks)
   return nn.meta.unbox(model.init(rng, *dummy_inputs(model))["params"])
 
 
@@ -51,5 +59,5 @@ def count_params(tree) -> int:
 
 
 __all__ = ["PixNerDiT", "boxed_param_shapes", "build_model", "count_params", "dummy_inputs",
-           "init_params", "param_shapes",
-           "patchify", "unpatchify"]
+           "init_params", "param_shapes", "params_for_model", "patchify",
+           "stack_dit_blocks", "unpatchify", "unstack_dit_blocks"]

@@ -48,6 +48,64 @@ def _block_classes(remat_policy: str):
   return nn.remat(FlattenDiTBlock, policy=policy), nn.remat(NerfBlock, policy=policy)
 
 
+class DiTScanStep(nn.Module):
+  """One DiT block as an nn.scan body: carry (s, features) -> (s, features).
+
+  `features` holds the residual stream after block `features_after_block` (1-based);
+  it rides in the carry because a sow inside a scan would stack every layer's output.
+  """
+  num_heads: int
+  attention_implementation: str | None = None
+  remat_policy: str = "none"
+  features_after_block: int | None = None
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry, layer_index, cond, rope_angles):
+    """carry: ((B, L, D), (B, L, D) or None), layer_index: () int32."""
+    s, features = carry
+    dit_block, _ = _block_classes(self.remat_policy)
+    s = dit_block(self.num_heads, attention_implementation=self.attention_implementation,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name="block")(
+                      s, cond, rope_angles)
+    s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
+    if features is not None:
+      features = jnp.where(layer_index == self.features_after_block - 1, s, features)
+    return (s, features), None
+
+
+SCANNED_BLOCKS = "dit_blocks"
+
+
+def stack_dit_blocks(params, num_cond_blocks: int):
+  """Per-block layout (`blocks_0`..) -> scan layout (`dit_blocks/block`, leading axis)."""
+  params = dict(params)
+  if SCANNED_BLOCKS in params:
+    return params
+  per_block = [params.pop(f"blocks_{i}") for i in range(num_cond_blocks)]
+  params[SCANNED_BLOCKS] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *per_block)}
+  return params
+
+
+def unstack_dit_blocks(params):
+  """Scan layout -> per-block layout (the converter's and the reference's)."""
+  params = dict(params)
+  if SCANNED_BLOCKS not in params:
+    return params
+  stacked = params.pop(SCANNED_BLOCKS)["block"]
+  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+    params[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return params
+
+
+def params_for_model(params, model: "PixNerDiT"):
+  """Params in either block layout, rearranged to the one `model` expects."""
+  if model.scan_blocks:
+    return stack_dit_blocks(params, model.num_cond_blocks)
+  return unstack_dit_blocks(params)
+
+
 class PatchEmbedder(nn.Module):
   """(B, L, C * p * p) -> (B, L, D); xavier-uniform kernel, zero bias."""
   hidden_size: int
@@ -77,6 +135,9 @@ class PixNerDiT(nn.Module):
     remat_policy: what to recompute in the backward pass instead of storing: "none",
       "decoder" (the neural-field blocks, whose activations are (B*L, P, dx*r)),
       "blocks" (every block), "dots_saveable" (every block, keeping matmul outputs).
+    scan_blocks: run the DiT trunk as one nn.scan over a block whose params are stacked
+      on a leading 'layers' axis (`dit_blocks/block/...`): one block is compiled instead
+      of num_cond_blocks. `params_for_model` converts between the two layouts.
     dtype: compute dtype; params stay in `param_dtype`.
   """
   in_channels: int = 3
@@ -92,6 +153,7 @@ class PixNerDiT(nn.Module):
   features_after_block: int | None = None
   attention_implementation: str | None = None
   remat_policy: str = "none"
+  scan_blocks: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -117,12 +179,15 @@ class PixNerDiT(nn.Module):
     dit_block, nerf_block = _block_classes(self.remat_policy)
     s = PatchEmbedder(self.hidden_size, name="s_embedder", **kw)(tokens)
     s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
-    for i in range(self.num_cond_blocks):
-      s = dit_block(self.num_groups, attention_implementation=self.attention_implementation,
-                    name=f"blocks_{i}", **kw)(s, cond, rope_angles)
-      s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
-      if self.features_after_block == i + 1:
-        self.sow("intermediates", "trunk_features", s)
+    if self.scan_blocks:
+      s = self._scanned_trunk(s, cond, rope_angles)
+    else:
+      for i in range(self.num_cond_blocks):
+        s = dit_block(self.num_groups, attention_implementation=self.attention_implementation,
+                      name=f"blocks_{i}", **kw)(s, cond, rope_angles)
+        s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
+        if self.features_after_block == i + 1:
+          self.sow("intermediates", "trunk_features", s)
 
     # The decoder is conditioned on the timestep only, not the label.
     s = nn.silu(t_emb + s).reshape(b * grid_h * grid_w, self.hidden_size)
@@ -134,3 +199,24 @@ class PixNerDiT(nn.Module):
     out = NerfFinalLayer(channels, name="final_layer", **kw)(h)
     out = out.transpose(0, 2, 1).reshape(b, grid_h * grid_w, channels * p * p)
     return unpatchify(out, height, width, p)
+
+  def _scanned_trunk(self, s, cond, rope_angles):
+    """The DiT blocks as one nn.scan; same maths as the loop, stacked params."""
+    trunk = nn.scan(
+        DiTScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast), length=self.num_cond_blocks,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    features = None
+    if self.features_after_block:
+      if not 1 <= self.features_after_block <= self.num_cond_blocks:
+        raise ValueError(f"features_after_block={self.features_after_block} is not a DiT "
+                         f"block (1..{self.num_cond_blocks}).")
+      features = jnp.zeros_like(s)
+    (s, features), _ = trunk(
+        self.num_groups, self.attention_implementation, self.remat_policy,
+        self.features_after_block, dtype=self.dtype, param_dtype=self.param_dtype,
+        name=SCANNED_BLOCKS)((s, features), jnp.arange(self.num_cond_blocks), cond,
+                             rope_angles)
+    if features is not None:
+      self.sow("intermediates", "trunk_features", features)
+    return s
