@@ -267,6 +267,11 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   flops = flops_per_chip(result.compiled)
   if flops is None:
     print("FLOPs per step  unavailable (no cost analysis)")
+  elif config.model.get("scan_blocks", False):
+    # XLA's cost analysis counts a while loop's body once, not once per trip.
+    print(f"FLOPs per step  not counted: with scan_blocks XLA counts the scanned block once "
+          f"({flops:.4g} per chip is a lower bound); rerun with "
+          "--config.model.scan_blocks=False for FLOPs and utilisation (same maths)")
   else:
     print(f"FLOPs per step  {flops:.4g} per chip, {flops * chips:.4g} all chips "
           "(XLA cost analysis; includes remat recomputation)")

@@ -10,7 +10,6 @@ file's one table maps them to mesh axes:
 
 import contextlib
 import math
-import warnings
 
 from absl import logging
 import jax
@@ -76,12 +75,13 @@ def create_mesh(mesh_config=None, devices=None) -> Mesh:
 
 @contextlib.contextmanager
 def activate(mesh: Mesh):
-  """Mesh + logical rules in scope: activation constraints in the model take effect."""
-  with warnings.catch_warnings():
-    # linen's constraints read the legacy mesh context that `with mesh` sets.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    with mesh, nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-      yield
+  """Mesh + logical rules in scope: activation constraints in the model take effect.
+
+  linen's `with_logical_constraint` is a silent no-op unless the abstract mesh is set,
+  which `jax.set_mesh` does and the legacy `with mesh:` does not.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    yield
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

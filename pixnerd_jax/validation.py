@@ -40,8 +40,6 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
          "use 'float32' or 'bfloat16'")
   _check(m.get("remat_policy", "none") in REMAT_POLICIES, "model.remat_policy",
          m.get("remat_policy"), "unknown remat policy", f"use one of {REMAT_POLICIES}")
-  _check(isinstance(m.get("scan_blocks", False), bool), "model.scan_blocks",
-         m.get("scan_blocks"), "must be a bool", "use True or False")
   if d.name == "digits":
     _check(m.num_classes == DIGITS_CLASSES, "model.num_classes", m.num_classes,
            "the digits dataset has 10 classes", "set --config.model.num_classes=10")

@@ -33,7 +33,8 @@ def _finish(proc):
 def test_compiles_tiny_on_four_chips_and_rejects_what_does_not_fit():
   # Both compile at once: each is mostly single-threaded XLA work.
   fits = _start("--topology=v5p:2x2x1", "--step_time_s=0.01")
-  too_big = _start("--topology=v5e:2x2", "--hbm_gib=0.001")
+  # The scanned trunk must compile for TPU too.
+  too_big = _start("--topology=v5e:2x2", "--hbm_gib=0.001", "--config.model.scan_blocks=True")
   code, out, err = _finish(fits)
   assert code == 0, err[-3000:]
   assert "4 chips" in out and "data=4 fsdp=1 tensor=1" in out
@@ -51,6 +52,8 @@ def test_compiles_tiny_on_four_chips_and_rejects_what_does_not_fit():
   assert code == 1, out + err[-3000:]
   assert "does not fit: needs" in err and "of 0.00 GiB" in err
   assert "--config.mesh.fsdp" in err and "remat_policy=blocks" in err
+  # XLA counts a scanned body once, so no FLOPs or utilisation are claimed for it.
+  assert "not counted: with scan_blocks" in out and "step time floor" not in out
 
 
 def test_topology_names():

@@ -79,6 +79,18 @@ def test_results_do_not_depend_on_chunk_or_batch_size(config, params_checkpoint,
     np.testing.assert_array_equal(data["arr_0"], reference_run[2])
 
 
+def test_scanned_trunk_samples_a_per_block_checkpoint_alike(config, params_checkpoint,
+                                                           reference_run, tmp_path):
+  scanned = tiny.get_config()
+  scanned.sampling.num_steps = config.sampling.num_steps
+  scanned.model.scan_blocks = True
+  path = sample.run(scanned, params_checkpoint, str(tmp_path), num_samples=NUM_SAMPLES,
+                    batch_size=4, chunk_size=8, grid=False)
+  with np.load(path) as data:
+    diff = np.abs(data["arr_0"].astype(int) - reference_run[2].astype(int))
+  assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
 def test_resume_skips_complete_chunks(config, params_checkpoint, reference_run, tmp_path):
   out = str(tmp_path)
   kw = dict(num_samples=NUM_SAMPLES, batch_size=4, chunk_size=8, grid=False)

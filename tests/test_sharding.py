@@ -5,10 +5,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from pixnerd_jax import sharding
+from configs import models as presets
+from pixnerd_jax import models, sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
@@ -54,6 +56,22 @@ def test_scanned_blocks_on_a_mesh_match_single_device(tmp_path, single):
   # Stacked qkv kernel (layers=2, embed=64, qkv=192): layers whole, embed over fsdp.
   assert tuple(scanned["qkv_shard_shape"]) == (2, 16, 192)
   assert str(scanned["qkv_spec"]).startswith("P(None, 'fsdp'")
+
+
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_activation_constraints_reach_the_program(scan_blocks):
+  # linen's constraints silently vanish unless activate() sets the abstract mesh.
+  model = models.build_model(presets.get("tiny", num_classes=10, scan_blocks=scan_blocks))
+  x, t, y = models.dummy_inputs(model, batch=2, height=8, width=8)
+  forward = jax.jit(lambda p: model.apply({"params": p}, x, t, y))
+  params = models.param_shapes(model)
+  assert "sharding_constraint" not in forward.lower(params).as_text()
+  with sharding.activate(sharding.create_mesh()):
+    text = forward.lower(params).as_text()
+  # patch embedding + every DiT block's output (the scanned body's once) + the decoder.
+  expected = 1 + (1 if scan_blocks else model.num_cond_blocks) + 1
+  assert text.count("sharding_constraint") >= expected
+  assert '{"data", "fsdp"}' in text  # the batch axis of the activations
 
 
 def test_mesh_shape_from_config():

@@ -160,6 +160,13 @@ def test_init_from_params_checkpoint(tmp_path):
   state = train.train_and_evaluate(config, str(tmp_path / "run"))
   np.testing.assert_allclose(np.asarray(state.params["final_layer"]["linear"]["bias"]),
                              np.asarray(params["final_layer"]["linear"]["bias"]), atol=1e-6)
+  # The per-block checkpoint also starts a run whose DiT trunk is scanned.
+  scanned = _config(num_train_steps=1, init_from=str(tmp_path / "init"),
+                    **{"model.scan_blocks": True, "optimizer.learning_rate": 1e-12})
+  state = train.train_and_evaluate(scanned, str(tmp_path / "run_scanned"))
+  np.testing.assert_allclose(
+      np.asarray(state.params["dit_blocks"]["block"]["attn"]["qkv"]["kernel"][1]),
+      np.asarray(params["blocks_1"]["attn"]["qkv"]["kernel"]), atol=1e-6)
   bad = _config(num_train_steps=1, init_from=str(tmp_path / "init"))
   bad.model.hidden_size = 64
   bad.model.num_groups = 4
@@ -175,6 +182,7 @@ def test_init_from_params_checkpoint(tmp_path):
     ("optimizer.learning_rate", -1.0, "config.optimizer.learning_rate"),
     ("ema_decay", 1.0, "config.ema_decay"),
     ("diffusion.time_distribution", "beta", "config.diffusion.time_distribution"),
+    ("model.remat_policy", "all", "config.model.remat_policy = 'all'"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   with pytest.raises(validation.ConfigError, match=message.replace(".", r"\.")):

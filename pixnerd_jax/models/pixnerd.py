@@ -65,6 +65,10 @@ class DiTScanStep(nn.Module):
   def __call__(self, carry, layer_index, cond, rope_angles):
     """carry: ((B, L, D), (B, L, D) or None), layer_index: () int32."""
     s, features = carry
+    # The while loop's carry gets no sharding from outside; without these the partitioner
+    # may follow the fsdp-sharded weights and split activations by feature, not batch.
+    s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
+    cond = nn.with_logical_constraint(cond, ("batch", None, "act_embed"))
     dit_block, _ = _block_classes(self.remat_policy)
     s = dit_block(self.num_heads, attention_implementation=self.attention_implementation,
                   dtype=self.dtype, param_dtype=self.param_dtype, name="block")(
@@ -72,6 +76,7 @@ class DiTScanStep(nn.Module):
     s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
     if features is not None:
       features = jnp.where(layer_index == self.features_after_block - 1, s, features)
+      features = nn.with_logical_constraint(features, ("batch", "length", "act_embed"))
     return (s, features), None
 
 
