@@ -40,6 +40,16 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
          "use 'float32' or 'bfloat16'")
   _check(m.get("remat_policy", "none") in REMAT_POLICIES, "model.remat_policy",
          m.get("remat_policy"), "unknown remat policy", f"use one of {REMAT_POLICIES}")
+  attention = m.get("attention_implementation")
+  _check(attention in (None, "xla", "cudnn"), "model.attention_implementation", attention,
+         "unknown attention implementation", "use None (XLA) or 'cudnn' (GPU)")
+  if attention == "cudnn":
+    _check(jax.default_backend() == "gpu", "model.attention_implementation", attention,
+           f"the cuDNN kernel needs a GPU, this is {jax.default_backend()}",
+           "leave it unset off GPU")
+    _check(m.dtype == "bfloat16", "model.attention_implementation", attention,
+           f"cuDNN attention runs in bfloat16, model.dtype is {m.dtype!r}",
+           "set --config.model.dtype=bfloat16")
   if d.name == "digits":
     _check(m.num_classes == DIGITS_CLASSES, "model.num_classes", m.num_classes,
            "the digits dataset has 10 classes", "set --config.model.num_classes=10")

@@ -183,6 +183,7 @@ def test_init_from_params_checkpoint(tmp_path):
     ("ema_decay", 1.0, "config.ema_decay"),
     ("diffusion.time_distribution", "beta", "config.diffusion.time_distribution"),
     ("model.remat_policy", "all", "config.model.remat_policy = 'all'"),
+    ("model.attention_implementation", "cudnn", "cuDNN kernel needs a GPU"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   with pytest.raises(validation.ConfigError, match=message.replace(".", r"\.")):
