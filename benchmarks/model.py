@@ -7,40 +7,22 @@ Prints compile time and images/s (median over repeated timed runs after compile)
 --scan_blocks and --remat_policy compare the trunk's compile and memory knobs.
 """
 
-import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 
+from benchmarks import common
 from configs import models as presets
 from pixnerd_jax.models import build_model, count_params, init_params
 from pixnerd_jax.models.pixnerd import REMAT_POLICIES
 
 
-def _time(fn, *args, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="S/8")
-  parser.add_argument("--resolution", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--num_classes", type=int, default=1000)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--repeats", type=int, default=10)
+  parser = common.model_parser(__doc__)
   parser.add_argument("--scan_blocks", action="store_true", help="nn.scan over DiT blocks")
   parser.add_argument("--remat_policy", default="none", choices=REMAT_POLICIES)
   args = parser.parse_args()
@@ -65,11 +47,7 @@ def main():
         f"batch {args.batch}, {args.dtype}, scan_blocks={args.scan_blocks}, "
         f"remat={args.remat_policy}, {jax.devices()[0].device_kind} x{jax.device_count()}")
   for name, fn in (("forward", forward), ("forward+backward", backward)):
-    start = time.perf_counter()
-    compiled = fn.lower(params, x, t, y).compile()
-    compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(params, x, t, y))  # warm-up
-    step_s = _time(compiled, params, x, t, y, repeats=args.repeats)
+    compile_s, step_s = common.compile_and_time(fn, (params, x, t, y), args.repeats)
     print(f"{name:>17}: compile {compile_s:6.2f} s | step {step_s * 1e3:8.1f} ms | "
           f"{args.batch / step_s:8.1f} img/s")
 

@@ -11,11 +11,8 @@ unless --dino_checkpoint names a conversion (the timing does not depend on them)
 Prints compile time and the median step time after compile.
 """
 
-import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,40 +20,17 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import ml_collections
 
+from benchmarks import common
 from configs import models as presets
 from pixnerd_jax import repa
 from pixnerd_jax.models import build_model, count_params
 from pixnerd_jax.models import dinov2
 
 
-def _median_time(fn, *args, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def _compile_and_time(fn, args, repeats):
-  start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(*args))  # warm-up
-  return compile_s, _median_time(compiled, *args, repeats=repeats)
-
-
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="S/8")
-  parser.add_argument("--resolution", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--num_classes", type=int, default=1000)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser = common.model_parser(__doc__)
   parser.add_argument("--align_layer", type=int, default=8)
   parser.add_argument("--dino_checkpoint", default="")
-  parser.add_argument("--repeats", type=int, default=10)
   args = parser.parse_args()
 
   model_cfg = presets.get(args.preset, num_classes=args.num_classes, dtype=args.dtype)
@@ -117,7 +91,7 @@ def main():
                  lambda a, rp=repa_patch: dino_forward(a, rp), (dino_params,)))
   base = None
   for name, fn, fn_args in rows:
-    compile_s, step_s = _compile_and_time(fn, fn_args, args.repeats)
+    compile_s, step_s = common.compile_and_time(jax.jit(fn), fn_args, args.repeats)
     if base is None:
       base, extra = step_s, ""
     elif name.startswith("REPA"):

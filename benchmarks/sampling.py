@@ -9,7 +9,6 @@ half outside the guidance interval (ours) and always running the doubled batch (
 reference), and prints the forward-pass count of each.
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -20,25 +19,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from benchmarks import common
 from configs import models as presets
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.models import build_model, count_params, init_params
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="S/8")
-  parser.add_argument("--resolution", type=int, default=64)
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--num_classes", type=int, default=1000)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser = common.model_parser(__doc__, repeats=2)
   parser.add_argument("--sampler", default="euler", choices=samplers.SAMPLERS)
   parser.add_argument("--num_steps", type=int, default=100)
   parser.add_argument("--guidance", type=float, default=3.5)
   parser.add_argument("--interval", type=float, nargs=2, default=(0.1, 1.0))
   parser.add_argument("--order", type=int, default=2, help="AdamLM order")
-  parser.add_argument("--repeats", type=int, default=2, help="timed runs per variant (median)")
   parser.add_argument("--no_compare", action="store_true",
                       help="skip the always-doubled (reference) variant")
   args = parser.parse_args()

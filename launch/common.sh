@@ -18,3 +18,14 @@ run() {
 }
 
 need_value() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value"; }
+
+# The repository root (launch/..), whichever directory the script was started from.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# The jax version pinned in requirements.txt, for the jax[tpu] / jax[cuda13] install.
+jax_pin() {
+  local version
+  version="$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' "$ROOT/requirements.txt")"
+  [[ -n "$version" ]] || die "no 'jax==VERSION' line in requirements.txt"
+  echo "$version"
+}

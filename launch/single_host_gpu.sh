@@ -46,7 +46,6 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 missing=()
 [[ -n "$CONFIG" ]] || missing+=(--config)
 [[ -n "$WORKDIR" ]] || missing+=(--workdir)
@@ -56,8 +55,7 @@ missing=()
     die "--gpus must be a comma-separated list of GPU indices, got '$GPUS'"
 VENV="${VENV:-$ROOT/.venv}"
 [[ "$WORKDIR" == /* || "$WORKDIR" == gs://* ]] || WORKDIR="$PWD/$WORKDIR"
-JAX_VERSION="$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' "$ROOT/requirements.txt")"
-[[ -n "$JAX_VERSION" ]] || die "no 'jax==VERSION' line in requirements.txt"
+JAX_VERSION="$(jax_pin)" || exit 2
 if [[ "$DRY_RUN" != 1 ]]; then
   [[ "$SETUP" == 1 || -x "$VENV/bin/python" ]] || \
       die "--venv $VENV has no bin/python; pass --setup to create it"

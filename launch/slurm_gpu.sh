@@ -67,7 +67,6 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 missing=()
 [[ -n "$NODES" ]] || missing+=(--nodes)
 [[ -n "$GPUS" ]] || missing+=(--gpus-per-node)
@@ -81,8 +80,7 @@ positive_int --cpus-per-task "$CPUS"
 VENV="${VENV:-$ROOT/.venv}"
 # The job runs from ROOT, so a relative workdir is made absolute here.
 [[ "$WORKDIR" == /* || "$WORKDIR" == gs://* ]] || WORKDIR="$PWD/$WORKDIR"
-JAX_VERSION="$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' "$ROOT/requirements.txt")"
-[[ -n "$JAX_VERSION" ]] || die "no 'jax==VERSION' line in requirements.txt"
+JAX_VERSION="$(jax_pin)" || exit 2
 if [[ "$DRY_RUN" != 1 ]]; then
   command -v sbatch >/dev/null || die "sbatch not found; run this on a SLURM login node"
   [[ "$SETUP" == 1 || -f "$VENV/bin/activate" ]] || \

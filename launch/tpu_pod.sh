@@ -70,7 +70,6 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 missing=()
 [[ -n "$NAME" ]] || missing+=(--name)
 [[ -n "$ZONE" ]] || missing+=(--zone)
@@ -102,8 +101,7 @@ if [[ "$SKIP_SETUP" != 1 ]]; then
   [[ -n "$REF" ]] || REF="$(git -C "$ROOT" rev-parse HEAD)"
 fi
 # One pin for the whole project: the jax line of requirements.txt.
-JAX_VERSION="$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' "$ROOT/requirements.txt")"
-[[ -n "$JAX_VERSION" ]] || die "no 'jax==VERSION' line in requirements.txt"
+JAX_VERSION="$(jax_pin)" || exit 2
 if [[ "$DRY_RUN" != 1 ]] && ! command -v gcloud >/dev/null; then
   die "gcloud not found; install the Google Cloud CLI (or use --dry-run)"
 fi
