@@ -406,3 +406,35 @@ class TextEncoder:
                   "model_max_length": self.config.max_position_embeddings}
     with open(os.path.join(folder, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
       json.dump(tok_config, f, indent=2)
+
+
+# ----------------------------------------------------------------------------- runs
+
+STAND_IN_DIR = "text_encoder"  # <workdir>/text_encoder: a training run's stand-in encoder
+
+
+def folder_for_run(text_encoder_config, workdir: str | None = None) -> str:
+  """The Hugging Face folder a run's text encoder lives in.
+
+  config.text_encoder.path when set; else the stand-in a training run saved in
+  <workdir>/text_encoder. Raises FileNotFoundError saying which to provide.
+  """
+  path = text_encoder_config.get("path", "")
+  if path:
+    _require_folder(path)
+    return path
+  if workdir and os.path.isfile(os.path.join(workdir, STAND_IN_DIR, CONFIG_FILE)):
+    return os.path.join(workdir, STAND_IN_DIR)
+  where = f" and {os.path.join(workdir, STAND_IN_DIR)} does not exist" if workdir else ""
+  raise FileNotFoundError(
+      f"No text encoder: config.text_encoder.path is empty{where}. Set "
+      f"--config.text_encoder.path to a local Qwen3 folder ({DOWNLOAD_HINT}).")
+
+
+def load_for_run(text_encoder_config, txt_embed_dim: int, workdir: str | None = None):
+  """(encoder, params) for a text-to-image run: its folder, dtype and max_length, the
+  output width padded/truncated to the denoiser's txt_embed_dim."""
+  folder = folder_for_run(text_encoder_config, workdir)
+  return TextEncoder.from_pretrained(
+      folder, text_encoder_config.get("dtype", "bfloat16"),
+      max_length=int(text_encoder_config.get("max_length", 128)), embed_dim=txt_embed_dim)
