@@ -75,7 +75,8 @@ def get_config():
   # tokenizer built from the training captions, saved to <workdir>/text_encoder (the
   # embedded digits job; it runs offline). Captions become max_length tokens.
   config.text_encoder = ml_collections.ConfigDict(dict(
-      path="", stand_in=False, dtype="bfloat16", max_length=128, caption_dropout=0.1))
+      path="", stand_in=False, stand_in_layers=2, dtype="bfloat16", max_length=128,
+      caption_dropout=0.1))
 
   # Sampler used for image grids and evaluation (EMA weights).
   config.sampling = ml_collections.ConfigDict(dict(
@@ -85,6 +86,9 @@ def get_config():
       guidance_interval_max=1.0,
       timeshift=1.0,
       last_step=None,
+      # Text models: ';'-separated prompts for the sample grids (digits_captions: held-out
+      # captions when empty).
+      prompts="",
   ))
 
   config.log_every = 50

@@ -438,3 +438,52 @@ def load_for_run(text_encoder_config, txt_embed_dim: int, workdir: str | None = 
   return TextEncoder.from_pretrained(
       folder, text_encoder_config.get("dtype", "bfloat16"),
       max_length=int(text_encoder_config.get("max_length", 128)), embed_dim=txt_embed_dim)
+
+
+def stand_in_config(hidden_size: int, vocab_size: int, num_layers: int,
+                    max_length: int) -> qwen3.Qwen3Config:
+  """A small Qwen3 architecture for stand-in encoders: head dim 16, half as many kv heads."""
+  heads = max(2, hidden_size // 16)
+  return qwen3.Qwen3Config(
+      vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=3 * hidden_size,
+      num_hidden_layers=num_layers, num_attention_heads=heads,
+      num_key_value_heads=max(1, heads // 2), head_dim=hidden_size // heads,
+      max_position_embeddings=max(max_length, 128), rope_theta=10000.0)
+
+
+def create_stand_in(folder: str, vocabulary: Iterable[str], *, hidden_size: int,
+                    num_layers: int, max_length: int, seed: int) -> None:
+  """Writes a stand-in encoder to `folder`: a word-level tokenizer over `vocabulary` and
+  a Qwen3-architecture network with fixed random weights (HF's init, `seed`).
+
+  The real code path runs on it (tokenizer.json, safetensors, the same Flax Qwen3), only
+  the weights are not pretrained; it lets the embedded digits job run offline.
+  """
+  tokenizer = word_level_tokenizer(vocabulary)
+  config = stand_in_config(hidden_size, tokenizer.get_vocab_size(with_added_tokens=True),
+                           num_layers, max_length)
+  encoder, params = TextEncoder.random(config, tokenizer, seed, dtype="float32",
+                                       max_length=max_length)
+  encoder.save_pretrained(folder, params)
+
+
+def for_training(config, workdir: str):
+  """(encoder, params) of a text-to-image training run.
+
+  With config.text_encoder.stand_in, process 0 first writes the stand-in to
+  <workdir>/text_encoder (once: a resumed run reuses it) from the data's caption
+  vocabulary; every run then loads the folder as sampling will.
+  """
+  from pixnerd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  te = config.text_encoder
+  if te.stand_in and not te.path:
+    folder = os.path.join(workdir, STAND_IN_DIR)
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+      create_stand_in(folder, data_lib.caption_vocabulary(config.data),
+                      hidden_size=config.model.txt_embed_dim,
+                      num_layers=int(te.stand_in_layers), max_length=int(te.max_length),
+                      seed=config.seed)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices("text encoder stand-in written")
+  return load_for_run(te, config.model.txt_embed_dim, workdir)
