@@ -80,6 +80,8 @@ def get_config():
 
   # Sampler used for image grids and evaluation (EMA weights).
   config.sampling = ml_collections.ConfigDict(dict(
+      sampler="euler",        # euler | heun | adamlm
+      order=2,                # adamlm order (1-4)
       num_steps=50,
       guidance=2.0,
       guidance_interval_min=0.1,
