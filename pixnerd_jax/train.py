@@ -314,9 +314,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   parameter_overview.log_parameter_overview(state.params)
   logging.info("Model: %s parameters", f"{count_params(state.params):,}")
 
+  tokenizer = {"tokenizer": text_encoder} if text_encoder is not None else {}
   train_iter = data_lib.create_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed,
-      tokenizer=text_encoder)
+      config.data, global_batch_size=config.batch_size, seed=config.seed, **tokenizer)
   manager = checkpoint.create_manager(workdir, config)
   restored_step = manager.latest_step()
   if restored_step is not None:
