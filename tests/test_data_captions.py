@@ -487,3 +487,15 @@ def test_make_global_batch_takes_the_caption_keys(digits_tokenizer):
   assert set(batch) == set(data.batch_keys(config))
   for key, value in batch.items():
     np.testing.assert_array_equal(np.asarray(value), local[key])
+
+
+def test_sources_without_any_caption_raise(tmp_path):
+  utils.save_image(tmp_path / 'f' / 'a.png', Image.new('RGB', (4, 4)))
+  (tmp_path / 'f' / 'a.caption').write_text('not the .txt sidecar')
+  with pytest.raises(ValueError, match='has a caption file'):
+    data.make_source(utils.make_config(name='caption_folder',
+                                       folder=str(tmp_path / 'f')))
+  utils.write_tar(tmp_path / 'a.tar', [('a.png', utils.grey_png(1)),
+                                       ('a.caption', b'x')])
+  with pytest.raises(ValueError, match='has a caption member'):
+    data.make_source(_tar_config(str(tmp_path / 'a.tar')))

@@ -32,7 +32,7 @@ def scan_caption_folder(root: str) -> tuple[list[str], np.ndarray]:
 
   Raises:
     FileNotFoundError: `root` is not a directory.
-    ValueError: no image files under `root`.
+    ValueError: no image files under `root`, or none with a caption.
   """
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -53,6 +53,11 @@ def scan_caption_folder(root: str) -> tuple[list[str], np.ndarray]:
         f'config.data.folder={root!r} contains no image files (extensions '
         f'{", ".join(folder.IMAGE_EXTENSIONS)}) for caption_folder.')
   has_caption = np.asarray(has_caption, bool)
+  if not has_caption.any():
+    raise ValueError(
+        f'None of the {len(paths)} images under config.data.folder={root!r} '
+        f'has a caption file: caption_folder expects x{CAPTION_EXTENSION} '
+        'beside each image x.jpg.')
   missing = int((~has_caption).sum())
   if missing:
     logging.warning('%d of %d images under %s have no %s caption file; they '

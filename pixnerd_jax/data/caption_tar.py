@@ -93,6 +93,11 @@ class CaptionTarSource:
           f'The {len(self._shards)} tar shards of config.data.tar_shards='
           f'{pattern!r} hold no image members (.jpg/.jpeg/.png/.webp); '
           f'first problem: {errors[0] if errors else "none reported"}.')
+    if all(size < 0 for size in columns[5]):
+      raise ValueError(
+          f'None of the {len(columns[0])} images in the shards of '
+          f'config.data.tar_shards={pattern!r} has a caption member: '
+          'caption_tar expects key.txt or key.json beside each key.jpg.')
     self._shard_ids = np.asarray(columns[0], np.int32)
     self._image_offsets = np.asarray(columns[1], np.int64)
     self._image_sizes = np.asarray(columns[2], np.int64)

@@ -103,10 +103,12 @@ def _tokenized(tokenizer: Tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
 class TokenizeCaptions:
   """Batch stage: `caption` (B,) strings -> `input_ids`, `attention_mask`.
 
-  Runs after the worker processes, on the training thread: a fast tokenizer
-  takes about a millisecond for a batch of captions (Rust, batched), which
-  overlaps the asynchronously dispatched train step, and the tokenizer is never
-  pickled (a TextEncoder holds a Flax module and jitted functions).
+  Runs after the worker processes, on the training thread, so the tokenizer is
+  never pickled (a TextEncoder holds a Flax module and jitted functions) and
+  any object with `tokenize` works. The cost is small and overlaps the
+  asynchronously dispatched train step: `encode_batch` is Rust, parallel over
+  the batch; measured with a word-level TextEncoder at max_length 128 on 2
+  busy cores: 1.4 ms for 32 LAION-length captions, 12-23 ms for 256.
   """
 
   def __init__(self, tokenizer: Tokenizer, length: int):

@@ -9,9 +9,10 @@
       -> map(TokenizeCaptions)                        (captioned sources)
 
 Shuffling is global (every host shuffles the same index stream with the same
-seed) and each host keeps every process_count-th position, so hosts read
-disjoint examples and each epoch is reshuffled (Grain reseeds the shuffle per
-epoch). Everything is a deterministic function of the seed, the positions
+seed) and each host keeps its block of rows of every global batch, so hosts
+read disjoint examples and each epoch is reshuffled (Grain reseeds the shuffle
+per epoch). Captioned sources follow the same graph; their caption strings
+travel through the workers and are tokenized last, on this thread. Everything is a deterministic function of the seed, the positions
 consumed and num_workers, which is what makes the iterator state tiny and
 checkpointable.
 """
