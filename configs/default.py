@@ -28,6 +28,9 @@ def get_config():
       split="train",
       folder="",              # root/<class>/*.jpg (folder); root/**/x.jpg + x.txt (caption_folder)
       tar_shards="",          # caption_tar: glob of webdataset .tar shards, e.g. /data/x-*.tar
+      caption_field="caption",  # caption_tar: key.json field (else "caption", "text", "prompt")
+      index_cache_dir="",     # caption_tar: where shard indices go when the shard's folder is
+                              # read-only ("" = ~/.cache/pixnerd_jax/tar_index)
       image_feature="image",  # tfds_captions: the image and caption features
       text_feature="caption",
       resolution=32,
