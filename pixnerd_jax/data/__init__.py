@@ -19,6 +19,7 @@ from pixnerd_jax.data.global_batch import BATCH_KEYS
 from pixnerd_jax.data.global_batch import CAPTION_BATCH_KEYS
 from pixnerd_jax.data.global_batch import make_global_batch
 from pixnerd_jax.data.pipeline import batch_keys
+from pixnerd_jax.data.pipeline import caption_vocabulary
 from pixnerd_jax.data.pipeline import CAPTION_SOURCE_NAMES
 from pixnerd_jax.data.pipeline import create_train_iterator
 from pixnerd_jax.data.pipeline import is_captioned

@@ -59,6 +59,17 @@ def batch_keys(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return global_batch.CAPTION_BATCH_KEYS
 
 
+def caption_vocabulary(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Every word the captions of `data_config` can hold, for the word-level
+  tokenizer of a stand-in text encoder; only a templated source has one."""
+  if data_config.name != 'digits_captions':
+    raise ValueError(
+        f'config.data.name={data_config.name!r} has no closed caption vocabulary, '
+        'so it cannot train with a stand-in text encoder: set '
+        '--config.text_encoder.path to a Hugging Face Qwen3 folder.')
+  return digits_captions.caption_vocabulary()
+
+
 def make_source(
     data_config: ml_collections.ConfigDict
 ) -> Union[loading.Source, loading.CaptionSource]:

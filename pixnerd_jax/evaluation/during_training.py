@@ -69,7 +69,7 @@ class TrainingEvaluator:
     prompts = [p for p in prompts if p]
     if not prompts and self._config.data.name == "digits_captions":
       from pixnerd_jax.data import digits_captions  # pylint: disable=g-import-not-at-top
-      prompts, _ = digits_captions.evaluation_captions(self._config.grid_classes, seed=0)
+      prompts, _ = digits_captions.evaluation_captions(self._config.grid_classes)
     if not prompts:
       return None, 0
     return [p for p in prompts for _ in range(GRID_COLUMNS)], len(prompts)
@@ -109,7 +109,7 @@ class TrainingEvaluator:
         return {}  # FID of text models needs prompts: python -m pixnerd_jax.sample
       from pixnerd_jax.data import digits_captions  # pylint: disable=g-import-not-at-top
       # Captions from templates held out of training: the digit must come from the text.
-      conditions, labels = digits_captions.evaluation_captions(num_samples, seed=1)
+      conditions, labels = digits_captions.evaluation_captions(num_samples)
     else:
       conditions = labels = np.arange(num_samples) % self._model.num_classes
     samples = self.generate(params, conditions, seed=self._config.seed + 2)
