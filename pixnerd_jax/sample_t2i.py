@@ -48,9 +48,11 @@ from pixnerd_jax.models.pixnerd import heavy_decoder_geometry
 T2I_SAMPLING = dict(sampler="adamlm", order=2, num_steps=25, guidance=4.0,
                     guidance_interval_min=0.0, guidance_interval_max=1.0, timeshift=3.0,
                     last_step=None)
-# The neural field runs over at most this many pixels at a time (0: all at once). At
-# 4 Mi pixels the XXL field's activations are a few GiB whatever the output size.
-DEFAULT_FIELD_CHUNK_PIXELS = 1 << 22
+# The neural field runs over at most this many pixels at a time (0: all at once): two
+# 1024 x 1024 images. A guided float32 XXL/16 call on 4 images then needs 2.4 GiB of XLA
+# temporaries at 1024 x 1024 and 2.8 GiB at 2048 x 2048, against 9.1 and 33 GiB
+# unchunked (benchmarks/sampling_t2i.py --memory).
+DEFAULT_FIELD_CHUNK_PIXELS = 1 << 21
 MANIFEST = "run.json"
 _SAMPLER_FIELDS = ("sampler", "order", "num_steps", "guidance", "guidance_interval_min",
                    "guidance_interval_max", "timeshift", "last_step", "exact_heun", "step_fn")
@@ -107,7 +109,7 @@ def sampling_settings(sampling_config, **overrides) -> dict:
 
 
 def _near_multiples(value: int, step: int) -> str:
-  low, high = value // step * step, -(-value // step) * step
+  low, high = value // step * step, max(step, -(-value // step) * step)
   return " or ".join(str(v) for v in sorted({low, high}) if v > 0)
 
 
@@ -226,13 +228,6 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
     model: from `model_for_size` (its size must be height x width).
     encoder, text_params: the text encoder (`load_text_encoder`).
   """
-  devices = jax.local_devices()
-  mesh = Mesh(np.array(devices), ("batch",))
-  batch_size = math.ceil(batch_size / len(devices)) * len(devices)
-  sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels), mesh)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
-  null = np.asarray(encoder.unconditional(text_params))
-
   n = layout.samples_per_prompt
   mine = [i for i in range(len(layout.prompts))
           if i % jax.process_count() == jax.process_index()]
@@ -241,6 +236,16 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
                "done.", len(layout.prompts), n, height, width, jax.process_index(),
                jax.process_count(), len(mine), len(mine) - len(todo))
   work = [(i, k) for i in todo for k in range(n)]
+  if not work:
+    return 0
+
+  devices = jax.local_devices()
+  mesh = Mesh(np.array(devices), ("batch",))
+  # No bigger than the work (a few prompts need no batch of 64), a multiple of the devices.
+  batch_size = math.ceil(min(batch_size, len(work)) / len(devices)) * len(devices)
+  sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels), mesh)
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  null = np.asarray(encoder.unconditional(text_params))
   pending = {}  # prompt index -> {k: image}
   started, made = time.perf_counter(), 0
   for b in range(0, len(work), batch_size):

@@ -347,3 +347,11 @@ def test_command_dispatches_on_the_model_shards_over_two_devices_and_matches(
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1
   assert "pass exactly one of --prompt, --prompts, --geneval or --dpg" in bad.stderr
+  class_model = tmp_path / "c2i"
+  class_model.mkdir()
+  (class_model / "model.json").write_text(json.dumps({"conditioning": "class"}))
+  c2i = subprocess.run([sys.executable, "-m", "pixnerd_jax.sample", "--config=configs/tiny.py",
+                        f"--checkpoint={class_model}", f"--out={tmp_path / 'c2i_out'}",
+                        "--prompt=a cat"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert c2i.returncode == 1 and "--prompt need a text-to-image checkpoint" in c2i.stderr
