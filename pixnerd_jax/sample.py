@@ -13,6 +13,10 @@ complete chunks. Each JAX process takes every process_count-th chunk, its batche
 over its local devices. Finally process 0 streams the chunks into
 out/samples_NxHxWxC.npz (`arr_0` uint8 NHWC as the ADM evaluation suite reads it, `arr_1`
 labels) and writes a PNG grid.
+
+Text-to-image checkpoints (model.conditioning="text") sample prompts instead
+(pixnerd_jax/sample_t2i.py): --prompt / --prompts FILE, --geneval FILE or --dpg DIR, at
+any --height x --width.
 """
 
 import functools
@@ -33,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from pixnerd_jax import checkpoint
+from pixnerd_jax import sample_t2i
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.models import build_model, param_shapes, params_for_model
@@ -63,7 +68,22 @@ flags.DEFINE_float("last_step", None, "Size of the last step (default 1 / num_st
 flags.DEFINE_integer("order", None, "AdamLM order (1-4).")
 flags.DEFINE_bool("exact_heun", None, "Heun without reusing the corrector velocity.")
 flags.DEFINE_enum("step_fn", None, list(samplers.STEP_FNS), "Euler step (ODE or SDE).")
+# Text-to-image checkpoints (sample_t2i.py): one prompt source, any size.
+flags.DEFINE_multi_string("prompt", None, "Text-to-image: a prompt (repeatable).")
+flags.DEFINE_string("prompts", None, "Text-to-image: a file of prompts, one a line.")
+flags.DEFINE_string("geneval", None, "Text-to-image: GenEval's evaluation_metadata.jsonl; "
+                    "writes <out>/<i:05d>/{metadata.jsonl,samples/<k:04d>.png}.")
+flags.DEFINE_string("dpg", None, "Text-to-image: a folder of DPG-Bench prompt files "
+                    "<name>.txt; writes <out>/<name>.png, 2x2 grids of 4 samples.")
+flags.DEFINE_integer("samples_per_prompt", 4, "Text-to-image: images per prompt.")
+flags.DEFINE_integer("height", None, "Text-to-image: image height (default: the config's "
+                     "data.resolution); a multiple of resolution / patch_size.")
+flags.DEFINE_integer("width", None, "Text-to-image: image width (as --height).")
+flags.DEFINE_integer("field_chunk_pixels", sample_t2i.DEFAULT_FIELD_CHUNK_PIXELS,
+                     "Text-to-image: the neural field decodes at most this many pixels at "
+                     "a time (bounds memory at large sizes; 0 = all at once).")
 flags.mark_flags_as_required(["config", "checkpoint", "out"])
+_PROMPT_SOURCES = ("prompt", "prompts", "geneval", "dpg")
 
 # How to run the model rather than what it is: taken from the run config, not model.json.
 _RUNTIME_MODEL_FIELDS = ("dtype", "attention_implementation", "remat_policy", "scan_blocks")
@@ -337,6 +357,44 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
   return path
 
 
+def run_text(config, checkpoint_path: str, out: str, *, prompts=None, prompts_file=None,
+             geneval=None, dpg=None, samples_per_prompt: int = 4, online: bool = False,
+             step: int | None = None, grid: bool = True, **kwargs) -> str:
+  """The text-to-image command: exactly one of prompts (a list), prompts_file, geneval
+  (an evaluation_metadata.jsonl) or dpg (a prompt folder). Returns `out`.
+
+  kwargs: height, width, batch_size, seed, field_chunk_pixels and sampler overrides of
+  `sample_t2i.run`.
+  """
+  given = [name for name, value in (("--prompt", prompts), ("--prompts", prompts_file),
+                                    ("--geneval", geneval), ("--dpg", dpg)) if value]
+  if len(given) != 1:
+    raise ValueError(f"A text-to-image checkpoint samples prompts: pass exactly one of "
+                     f"--prompt, --prompts, --geneval or --dpg (got {given or 'none'}).")
+  if dpg:
+    from pixnerd_jax.evaluation import dpg as dpg_lib  # pylint: disable=g-import-not-at-top
+    names, prompts = dpg_lib.read_prompts(dpg)
+    make_layout = lambda manifest: dpg_lib.layout(out, names, prompts, manifest)
+    layout_name = "dpg"
+  elif geneval:
+    from pixnerd_jax.evaluation import geneval as geneval_lib  # pylint: disable=g-import-not-at-top
+    metadata = geneval_lib.read_metadata(geneval)
+    prompts = [m["prompt"] for m in metadata]
+    make_layout = lambda manifest: geneval_lib.layout(out, metadata, samples_per_prompt)
+    layout_name = "geneval"
+  else:
+    prompts = list(prompts) if prompts else sample_t2i.read_prompt_file(prompts_file)
+    make_layout = lambda manifest: sample_t2i.prompt_layout(out, prompts, samples_per_prompt,
+                                                            grid=grid)
+    layout_name = "prompts"
+  if samples_per_prompt < 1:
+    raise ValueError(f"--samples_per_prompt={samples_per_prompt}: must be >= 1.")
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  return sample_t2i.run(config, model, params, source, checkpoint_path, out, make_layout,
+                        layout_name=layout_name, prompts=prompts,
+                        samples_per_prompt=samples_per_prompt, **kwargs)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -346,9 +404,22 @@ def main(argv):
       "sampler", "num_steps", "guidance", "guidance_interval_min", "guidance_interval_max",
       "timeshift", "last_step", "order", "exact_heun", "step_fn")}
   try:
-    path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
-               batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
-               online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)
+    if sample_t2i.is_text_checkpoint(FLAGS.checkpoint, FLAGS.config):
+      path = run_text(
+          FLAGS.config, FLAGS.checkpoint, FLAGS.out, prompts=FLAGS.prompt,
+          prompts_file=FLAGS.prompts, geneval=FLAGS.geneval, dpg=FLAGS.dpg,
+          samples_per_prompt=FLAGS.samples_per_prompt, online=FLAGS.online, step=FLAGS.step,
+          grid=FLAGS.grid, height=FLAGS.height, width=FLAGS.width,
+          batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+          field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides)
+    else:
+      text_flags = [f"--{n}" for n in _PROMPT_SOURCES + ("height", "width") if FLAGS[n].value]
+      if text_flags:
+        raise ValueError(f"{' '.join(text_flags)} need a text-to-image checkpoint; "
+                         f"{FLAGS.checkpoint} holds a class-conditional model.")
+      path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
+                 batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
+                 online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)
   except (checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -213,6 +213,9 @@ class PixNerDiT(nn.Module):
       linspace(0, span, n) whatever the patch size. None = patch_size, which keeps
       scaling (1, 1) identical to the plain model; the reference hard-codes 16 (its patch
       size), which differs only for other patch sizes.
+    decoder_chunk_size: None, or run the neural field over at most this many patches at
+      a time (an nn.scan over chunks sharing the params; the same results): bounds the
+      field's activations, (B * L, P, 2 dx) floats, for large outputs.
     features_after_block: if set (1-based), sow the trunk residual stream after that
       DiT block into the 'intermediates' collection as `trunk_features` (REPA hook).
     attention_implementation: None (XLA) or "cudnn".
@@ -240,6 +243,7 @@ class PixNerDiT(nn.Module):
   num_text_blocks: int = 4
   decoder_patch_scaling: tuple[float, float] | None = None
   decoder_coordinate_span: float | None = None
+  decoder_chunk_size: int | None = None
   features_after_block: int | None = None
   attention_implementation: str | None = None
   remat_policy: str = "none"
@@ -280,7 +284,7 @@ class PixNerDiT(nn.Module):
                                    **kw)(y)[:, None]
       cond = nn.silu(t_emb + y_emb)
 
-    dit_block, nerf_block = _block_classes(self.remat_policy)
+    dit_block, _ = _block_classes(self.remat_policy)
     s = PatchEmbedder(self.hidden_size, name="s_embedder", **kw)(tokens)
     s = nn.with_logical_constraint(s, ("batch", "length", "act_embed"))
     if self.scan_blocks:
@@ -299,16 +303,42 @@ class PixNerDiT(nn.Module):
     # The field reads the full-resolution pixels; only the heavy decoder's differ.
     pixels = tokens if trunk_x is x and (dph, dpw) == (p, p) else patchify(x, (dph, dpw))
     pixels = pixels.reshape(b * grid_h * grid_w, channels, dph * dpw).transpose(0, 2, 1)
-    h = NerfEmbedder(self.hidden_size_x, name="x_embedder", **kw)(
-        pixels, self._pixel_encoding(dph, dpw))
-    for i in range(self.num_cond_blocks, self.num_blocks):
-      h = nerf_block(self.nerf_mlpratio, normalize_w2=not self.text_conditioned,
-                     cast_before_weight=not self.text_conditioned, name=f"blocks_{i}", **kw)(h, s)
-      h = nn.with_logical_constraint(h, ("batch", None, None))
-    out = NerfFinalLayer(channels, use_norm=not self.text_conditioned, name="final_layer",
-                         **kw)(h)
+    out = self._neural_field(pixels, s, self._pixel_encoding(dph, dpw))
     out = out.transpose(0, 2, 1).reshape(b, grid_h * grid_w, channels * dph * dpw)
     return unpatchify(out, height, width, (dph, dpw))
+
+  def _neural_field(self, pixels, s, encoding):
+    """The per-patch fields: (N, P, C) pixels, (N, D) conditions -> (N, P, C).
+
+    With decoder_chunk_size, an nn.scan runs chunks of that many patches one after the
+    other; chunk c holds patches j * num_chunks + c, so each chunk spans the whole
+    (device-sharded) batch. Patches never interact, so the output is the same.
+    """
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    _, nerf_block = _block_classes(self.remat_policy)
+
+    def decode(module, carry, inputs):
+      del module  # the submodules below attach to the module running this function
+      pixels, s = inputs
+      h = NerfEmbedder(self.hidden_size_x, name="x_embedder", **kw)(pixels, encoding)
+      for i in range(self.num_cond_blocks, self.num_blocks):
+        h = nerf_block(self.nerf_mlpratio, normalize_w2=not self.text_conditioned,
+                       cast_before_weight=not self.text_conditioned, name=f"blocks_{i}",
+                       **kw)(h, s)
+        h = nn.with_logical_constraint(h, ("batch", None, None))
+      return carry, NerfFinalLayer(pixels.shape[-1], use_norm=not self.text_conditioned,
+                                   name="final_layer", **kw)(h)
+
+    n, chunk = pixels.shape[0], self.decoder_chunk_size
+    if not chunk or n <= chunk:
+      return decode(self, None, (pixels, s))[1]
+    num_chunks = -(-n // chunk)
+    # Zero rows pad to chunk * num_chunks; their (finite) outputs are dropped.
+    inputs = tuple(jnp.pad(a, [(0, chunk * num_chunks - n)] + [(0, 0)] * (a.ndim - 1))
+                   .reshape((chunk, num_chunks) + a.shape[1:]) for a in (pixels, s))
+    _, out = nn.scan(decode, variable_broadcast="params", split_rngs={"params": False},
+                     in_axes=1, out_axes=1)(self, None, inputs)
+    return out.reshape((chunk * num_chunks,) + out.shape[2:])[:n]
 
   def _trunk_input(self, x):
     """The image the trunk patchifies, its size, and the field's patch size."""
