@@ -5,6 +5,7 @@
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import models
 
@@ -22,7 +23,8 @@ def get_config():
   config.data = ml_collections.ConfigDict(dict(
       name="digits",          # digits | tfds | folder
       tfds_name="imagenet2012",
-      data_dir=None,          # TFDS data_dir
+      # TFDS data_dir; unset (None): TFDS's default (~/tensorflow_datasets).
+      data_dir=config_dict.placeholder(str),
       split="train",
       folder="",              # root/<class>/*.jpg for name=folder
       resolution=32,
@@ -71,7 +73,7 @@ def get_config():
       guidance_interval_min=0.1,
       guidance_interval_max=1.0,
       timeshift=1.0,
-      last_step=None,
+      last_step=config_dict.placeholder(float),  # unset: 1 / num_steps
   ))
 
   config.log_every = 50

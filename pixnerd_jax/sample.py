@@ -33,9 +33,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from pixnerd_jax import checkpoint
+from pixnerd_jax import cli
+from pixnerd_jax import dry_run
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
-from pixnerd_jax.models import build_model, param_shapes, params_for_model
+from pixnerd_jax.models import build_model, count_params, param_shapes, params_for_model
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet256.py.",
@@ -63,6 +65,8 @@ flags.DEFINE_float("last_step", None, "Size of the last step (default 1 / num_st
 flags.DEFINE_integer("order", None, "AdamLM order (1-4).")
 flags.DEFINE_bool("exact_heun", None, "Heun without reusing the corrector velocity.")
 flags.DEFINE_enum("step_fn", None, list(samplers.STEP_FNS), "Euler step (ODE or SDE).")
+flags.DEFINE_bool("dry_run", False, "Load the checkpoint, check --out and trace the sampler "
+                  "on abstract inputs; print the plan and exit without sampling.")
 flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
 # How to run the model rather than what it is: taken from the run config, not model.json.
@@ -142,16 +146,37 @@ def _write_atomic_npz(path: str, **arrays) -> None:
   os.replace(tmp, path)
 
 
+def manifest(model, settings: dict, *, resolution: int, num_samples: int, seed: int,
+             manifest_extra: dict | None = None) -> dict:
+  """What must match for chunks in one output directory to belong together (run.json)."""
+  return dict(num_samples=num_samples, seed=seed, resolution=resolution,
+              num_classes=model.num_classes,
+              settings={k: list(v) if isinstance(v, tuple) else v
+                        for k, v in settings.items()},
+              **(manifest_extra or {}))
+
+
+def manifest_conflict(out: str, manifest_now: dict) -> str | None:
+  """Why out/run.json says its chunks were made with other settings, or None."""
+  path = os.path.join(out, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    old = json.load(f)
+  diff = {k: (old.get(k), v) for k, v in manifest_now.items() if old.get(k) != v}
+  if diff:
+    return (f"{out} holds samples made with other settings ({diff}, as (before, now)). "
+            "Use a new --out, or the settings of that run.")
+  return None
+
+
 def _check_manifest(out: str, manifest: dict) -> None:
   """Refuses to mix chunks made with different settings in one output directory."""
   path = os.path.join(out, MANIFEST)
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-    if diff:
-      raise ValueError(f"{out} holds samples made with other settings ({diff}, as "
-                       "(before, now)). Use a new --out, or the settings of that run.")
+    conflict = manifest_conflict(out, manifest)
+    if conflict:
+      raise ValueError(conflict)
   elif jax.process_index() == 0:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -208,12 +233,9 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
   """
   os.makedirs(out, exist_ok=True)
   image_shape = (resolution, resolution, model.in_channels)
-  manifest = dict(num_samples=num_samples, seed=seed, resolution=resolution,
-                  num_classes=model.num_classes,
-                  settings={k: list(v) if isinstance(v, tuple) else v
-                            for k, v in settings.items()},
-                  **(manifest_extra or {}))
-  _check_manifest(out, manifest)
+  _check_manifest(out, manifest(model, settings, resolution=resolution,
+                                num_samples=num_samples, seed=seed,
+                                manifest_extra=manifest_extra))
 
   devices = jax.local_devices()
   mesh = Mesh(np.array(devices), ("batch",))
@@ -337,6 +359,57 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
   return path
 
 
+# ----------------------------------------------------------------------------- dry run
+
+
+def dry_run_report(config, checkpoint_path: str, out: str, *, num_samples: int,
+                   batch_size: int = 64, chunk_size: int = 1000, seed: int = 0,
+                   online: bool = False, step: int | None = None,
+                   **sampling_overrides) -> dict:
+  """--dry_run: loads the checkpoint, checks --out, traces the sampler on one batch.
+
+  Prints the plan and writes nothing; returns the plan as a dict.
+  """
+  started = time.perf_counter()
+  settings = samplers.settings_from_config(config.sampling, **sampling_overrides)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
+  ranges = chunk_ranges(num_samples, chunk_size)
+  devices = jax.local_devices()
+  per_call = math.ceil(batch_size / len(devices)) * len(devices)
+  res = config.data.resolution
+  if res % model.patch_size:
+    raise dry_run.DryRunError(f"config.data.resolution = {res} is not a multiple of the "
+                              f"model's patch size {model.patch_size}")
+  conflict = manifest_conflict(out, manifest(model, settings, resolution=res,
+                                             num_samples=num_samples, seed=seed,
+                                             manifest_extra=dict(checkpoint=source)))
+  if conflict:
+    raise dry_run.DryRunError(conflict)
+  done = sum(_chunk_is_complete(os.path.join(out, CHUNK_PATTERN.format(c)), *r)
+             for c, r in enumerate(ranges))
+  dry_run.line("plan", f"{num_samples:,} samples at {res}x{res}, {model.num_classes} classes, "
+               f"{len(ranges)} chunk file(s) of up to {chunk_size} ({done} already in {out}); "
+               f"{per_call} per model call over {len(devices)} local device(s), "
+               f"{jax.process_count()} process(es)")
+  dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+
+  mesh = Mesh(np.array(devices), ("batch",))
+  sample_fn = make_sample_fn(model, settings, (res, res, model.in_channels), mesh)
+  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  indices = jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch)
+  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+                           jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+                           indices, indices)
+  out_shape = tuple(traced.out_info.shape)
+  dry_run.line("sample fn", f"the whole sampler traced on abstract inputs: one call gives "
+               f"{out_shape} {traced.out_info.dtype}")
+  dry_run.line("dry run", f"OK in {time.perf_counter() - started:.1f} s: nothing was sampled "
+               "or written. Run the same command without --dry_run to sample.")
+  return dict(chunks=len(ranges), done=done, per_call=per_call, out_shape=out_shape,
+              settings=settings)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -345,6 +418,12 @@ def main(argv):
   overrides = {name: FLAGS[name].value for name in (
       "sampler", "num_steps", "guidance", "guidance_interval_min", "guidance_interval_max",
       "timeshift", "last_step", "order", "exact_heun", "step_fn")}
+  if FLAGS.dry_run:
+    sys.exit(dry_run.report_errors(
+        dry_run_report, FLAGS.config, FLAGS.checkpoint, FLAGS.out,
+        num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
+        chunk_size=FLAGS.chunk_size, seed=FLAGS.seed, online=FLAGS.online, step=FLAGS.step,
+        **overrides))
   try:
     path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
                batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
@@ -359,4 +438,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  cli.run(main)
