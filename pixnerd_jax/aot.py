@@ -27,10 +27,12 @@ from ml_collections import config_flags
 from pixnerd_jax import cli
 from pixnerd_jax import models
 from pixnerd_jax import repa
+from pixnerd_jax import text_encoder
 from pixnerd_jax import sharding
 from pixnerd_jax import train
 from pixnerd_jax import validation
 from pixnerd_jax.models import dinov2
+from pixnerd_jax.models import qwen3
 
 FLAGS = flags.FLAGS
 
@@ -130,12 +132,15 @@ def _with_shardings(shapes, shardings):
 
 def abstract_batch(config: ml_collections.ConfigDict, program: train.TrainProgram):
   """The global batch the trainer feeds the step, as sharded shapes: float32 images
-  (and REPA's raw images), int32 labels."""
+  (and REPA's raw images), int32 labels or caption tokens and mask."""
   res, channels = config.data.resolution, config.model.in_channels
+  tokens = (config.batch_size, config.text_encoder.max_length)
   shapes = {"image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels), jnp.float32),
             "raw_image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels),
                                               jnp.float32),
-            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
+            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+            "input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
+            "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.int32)}
   return {key: _with_shardings(shapes[key], program.batch_sharding)
           for key in program.batch_keys}
 
@@ -164,6 +169,27 @@ def _dino_shapes(config: ml_collections.ConfigDict):
                                   dinov2.param_shapes(dino_model))
 
 
+def _text_encoder_shapes(config: ml_collections.ConfigDict):
+  """(TextEncoder, param shapes) of a text model, or (None, None). Without
+  config.text_encoder.path it is Qwen3-1.7B's architecture (the reference's) with a
+  placeholder tokenizer: only shapes are compiled against, so no weights are needed."""
+  if config.model.get("conditioning", "class") != "text":
+    return None, None
+  te = config.text_encoder
+  dtype = jnp.bfloat16 if te.dtype == "bfloat16" else jnp.float32
+  if te.path:
+    qwen_config = text_encoder.read_config(te.path)
+    tokenizer, pad_id = text_encoder.load_tokenizer(te.path)
+  else:
+    qwen_config = qwen3.QWEN3_1_7B
+    tokenizer = text_encoder.word_level_tokenizer([""])
+    pad_id = 0
+  model = qwen3.Qwen3Model(qwen_config, dtype=dtype, param_dtype=dtype)
+  encoder = text_encoder.TextEncoder(model, tokenizer, pad_id, te.max_length,
+                                     embed_dim=config.model.txt_embed_dim)
+  return encoder, qwen3.param_shapes(model)
+
+
 def compile_train_step(config: ml_collections.ConfigDict, devices,
                        compile_step: bool = True) -> Compiled:
   """Lowers and compiles the trainer's step (train.build_train_program) for `devices`.
@@ -176,8 +202,12 @@ def compile_train_step(config: ml_collections.ConfigDict, devices,
     raise AotError(f"config.batch_size={config.batch_size} does not split over "
                    f"{len(devices)} chips; use a multiple of {len(devices)}.")
   mesh = sharding.create_mesh(config.mesh, devices=devices)
-  dino_model, frozen_shapes = _dino_shapes(config)
-  program = train.build_train_program(config, mesh, dino_model)
+  dino_model, dino_shapes = _dino_shapes(config)
+  encoder, text_shapes = _text_encoder_shapes(config)
+  program = train.build_train_program(config, mesh, dino_model, encoder)
+  frozen_shapes = {name: shapes for name, shapes in (("dino", dino_shapes),
+                                                     ("text", text_shapes))
+                   if shapes is not None}
   frozen = _with_shardings(frozen_shapes, sharding.replicated(mesh))
   start = time.perf_counter()
   with sharding.activate(mesh):  # activation constraints need the mesh and rules
@@ -303,9 +333,13 @@ def _report_dry_run(topology, devices, config, result: Compiled) -> None:
 def _validate(config: ml_collections.ConfigDict) -> None:
   """The trainer's checks, except that REPA may go without its DINOv2 weights: only their
   shapes are compiled against (ViT-B/14 unless config.repa.dino_checkpoint names others)."""
+  config = ml_collections.ConfigDict(config.to_dict())
   if config.repa.enabled and not config.repa.dino_checkpoint:
-    config = ml_collections.ConfigDict(config.to_dict())
     config.repa.dino_checkpoint = "<ViT-B/14 shapes>"
+  if config.model.get("conditioning", "class") == "text" and not config.text_encoder.path:
+    config.text_encoder.stand_in = True  # Qwen3-1.7B shapes stand in for the weights
+    if config.data.name != "digits_captions":
+      config.data.name = "digits_captions"  # only the captioned kind matters here
   validation.validate_config(config)
 
 

@@ -29,6 +29,7 @@ from pixnerd_jax import data as data_lib
 from pixnerd_jax import models
 from pixnerd_jax import repa
 from pixnerd_jax import sharding
+from pixnerd_jax import text_encoder as text_encoder_lib
 from pixnerd_jax import train as train_lib
 from pixnerd_jax import validation
 
@@ -134,13 +135,15 @@ def _start(config, workdir: str, program: train_lib.TrainProgram) -> str:
   return f"fresh initialisation from seed {config.seed}"
 
 
-def _first_batch(config, program: train_lib.TrainProgram, batch_spec: dict) -> dict:
+def _first_batch(config, program: train_lib.TrainProgram, batch_spec: dict,
+                 encoder=None) -> dict:
   """Reads the input pipeline's first local batch and checks it against the step's spec."""
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.num_workers = 0  # the same examples; no worker processes for one batch
   started = time.perf_counter()
+  tokenizer = {"tokenizer": encoder} if encoder is not None else {}
   iterator = data_lib.create_train_iterator(data_config, global_batch_size=config.batch_size,
-                                            seed=config.seed)
+                                            seed=config.seed, **tokenizer)
   batch = next(iterator)
   seconds = time.perf_counter() - started
   skipped = int(batch.pop(data_lib.NUM_SKIPPED_KEY, 0))
@@ -152,16 +155,18 @@ def _first_batch(config, program: train_lib.TrainProgram, batch_spec: dict) -> d
     if got != want:
       raise DryRunError(f"the input pipeline gives {key}={got}, the train step expects "
                         f"{want} per process")
-  labels = batch["label"]
-  if labels.min() < 0 or labels.max() >= config.model.num_classes:
-    raise DryRunError(
-        f"config.model.num_classes = {config.model.num_classes}: the first batch has label "
-        f"{int(labels.max())}; the dataset has more classes than the model. Set "
-        "--config.model.num_classes to the number of classes of the data.")
   described = ", ".join(f"{k} {tuple(batch[k].shape)} {batch[k].dtype}"
                         for k in program.batch_keys)
-  return dict(text=f"{described}; labels {int(labels.min())}..{int(labels.max())}; "
-                   f"{skipped} unreadable examples skipped; read in {seconds:.1f} s",
+  if "label" in program.batch_keys:
+    labels = batch["label"]
+    if labels.min() < 0 or labels.max() >= config.model.num_classes:
+      raise DryRunError(
+          f"config.model.num_classes = {config.model.num_classes}: the first batch has label "
+          f"{int(labels.max())}; the dataset has more classes than the model. Set "
+          "--config.model.num_classes to the number of classes of the data.")
+    described += f"; labels {int(labels.min())}..{int(labels.max())}"
+  return dict(text=f"{described}; {skipped} unreadable examples skipped; read in "
+                   f"{seconds:.1f} s",
               skipped=skipped, shapes={k: batch[k].shape for k in program.batch_keys})
 
 
@@ -177,14 +182,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_step: bool = 
         f"{jax.process_count()} process(es); mesh "
         + " ".join(f"{k}={v}" for k, v in mesh.shape.items()))
 
-  dino_model, frozen = None, None
+  # The frozen networks the step takes as an argument, loaded as the run loads them.
+  dino_model, encoder, frozen = None, None, {}
   if config.repa.enabled:
-    dino_model, dino_params = repa.load_dino(config)
-    frozen = abstract(dino_params, sharding.replicated(mesh))
-    line("REPA", f"DINOv2 {models.count_params(dino_params):,} params from "
-          f"{config.repa.dino_checkpoint}; aligned after block {config.repa.align_layer}, "
-          f"weight {config.repa.weight}")
-  program = train_lib.build_train_program(config, mesh, dino_model)
+    dino_model, frozen["dino"] = repa.load_dino(config)
+    line("REPA", f"DINOv2 {models.count_params(frozen['dino']):,} params from "
+         f"{config.repa.dino_checkpoint}; aligned after block {config.repa.align_layer}, "
+         f"weight {config.repa.weight}")
+  if config.model.get("conditioning", "class") == "text":
+    # As the run: a stand-in encoder is written to the workdir once, then loaded.
+    encoder, frozen["text"] = text_encoder_lib.for_training(config, workdir)
+    line("text encoder", f"{models.count_params(frozen['text']):,} params "
+         f"({config.text_encoder.path or 'stand-in in the workdir'}), "
+         f"max_length {config.text_encoder.max_length}")
+  frozen = abstract(frozen, sharding.replicated(mesh))
+  program = train_lib.build_train_program(config, mesh, dino_model, encoder)
   shapes = program.state_shapes
   num_params = models.count_params(shapes.params)
   m = config.model
@@ -198,7 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_step: bool = 
   line("start", start)
 
   batch_spec = _abstract_batch(config, program)
-  first = _first_batch(config, program, batch_spec)
+  first = _first_batch(config, program, batch_spec, encoder)
   line("data", f"{config.data.name} at {config.data.resolution} px, global batch "
         f"{config.batch_size}; first batch on this process: {first['text']}")
 
