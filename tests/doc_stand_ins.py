@@ -23,7 +23,13 @@ from tests import conftest
 OFFICIAL_STAND_IN = dict(in_channels=3, patch_size=16, hidden_size=32, num_groups=2,
                          hidden_size_x=8, nerf_mlpratio=2, num_blocks=9, num_cond_blocks=8,
                          num_classes=1000, max_freqs=8)
+# A text-to-image stand-in official checkpoint (tiny; nothing reads its conversion yet).
+OFFICIAL_T2I_STAND_IN = dict(in_channels=3, patch_size=16, num_groups=2, hidden_size=32,
+                             hidden_size_x=8, nerf_mlpratio=2, num_blocks=3, num_cond_blocks=2,
+                             max_freqs=8, conditioning="text", txt_embed_dim=32,
+                             txt_max_length=16, num_text_blocks=1)
 DATASET_SIZE = 256  # the ImageNet configs' global batch: a dataset needs one batch at least
+T2I_DATASET_SIZE = 768  # configs/t2i_pretrain256.py's global batch
 
 
 def _torch():
@@ -40,12 +46,12 @@ def _torch_key(path: tuple[str, ...]) -> str:
   return ".".join(names + ["weight" if leaf == "kernel" else leaf])
 
 
-def official_checkpoint(path: pathlib.Path) -> bool:
+def official_checkpoint(path: pathlib.Path, architecture: dict = OFFICIAL_STAND_IN) -> bool:
   """A Lightning .ckpt as the released ones: ema_denoiser.* and denoiser.* state_dicts."""
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
   from pixnerd_jax import convert, models  # pylint: disable=g-import-not-at-top
   torch = _torch()
-  shapes = models.param_shapes(models.PixNerDiT(**OFFICIAL_STAND_IN))
+  shapes = models.param_shapes(models.build_model(architecture))
   rng = np.random.default_rng(0)
   state_dict = {}
   for key, shape in traverse_util.flatten_dict(shapes).items():
@@ -53,12 +59,48 @@ def official_checkpoint(path: pathlib.Path) -> bool:
     state_dict[_torch_key(key)] = value.T if key[-1] == "kernel" else value
   # The converter must read it back as this architecture, or the stand-in is wrong.
   model_cfg, _ = convert.convert_state_dict(state_dict)
-  assert model_cfg == OFFICIAL_STAND_IN, model_cfg
+  assert model_cfg == architecture, model_cfg
   tensors = {}
   for prefix, scale in (("ema_denoiser.", 1.0), ("denoiser.", 2.0)):
     tensors.update({prefix + k: torch.from_numpy(v * scale) for k, v in state_dict.items()})
   path.parent.mkdir(parents=True, exist_ok=True)
   torch.save({"state_dict": tensors, "global_step": 1_600_000}, path)
+  return True
+
+
+def official_t2i_checkpoint(path: pathlib.Path) -> bool:
+  """A text-to-image Lightning .ckpt (the released XXL/16's layout, tiny sizes)."""
+  return official_checkpoint(path, OFFICIAL_T2I_STAND_IN)
+
+
+def text_encoder_folder(path: pathlib.Path) -> bool:
+  """A Hugging Face Qwen3 folder (config.json, safetensors, tokenizer.json) as
+  `huggingface-cli download Qwen/Qwen3-1.7B` gives, with Qwen3-1.7B's width (2048, what
+  XXL/16 reads) but one layer, random weights and a small word-level vocabulary."""
+  from pixnerd_jax import text_encoder  # pylint: disable=g-import-not-at-top
+  words = "a photo of cat dog red car sea bowl fruit table mountain lake sunrise".split()
+  text_encoder.create_stand_in(str(path), words, hidden_size=2048, num_layers=1,
+                               max_length=128, seed=0)
+  return True
+
+
+def caption_tar_shards(path: pathlib.Path) -> bool:
+  """Webdataset shards (key.jpg + key.txt) in `path`, T2I_DATASET_SIZE examples."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  path.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(6)
+  per_shard = T2I_DATASET_SIZE // 2
+  for shard in range(2):
+    with tarfile.open(path / f"shard-{shard:05d}.tar", "w") as tar:
+      for i in range(per_shard):
+        key = f"{shard * per_shard + i:08d}"
+        encoded = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), np.uint8)).save(encoded, "JPEG")
+        caption = f"a photo of a red car number {i}".encode()
+        for name, payload in ((f"{key}.jpg", encoded.getvalue()), (f"{key}.txt", caption)):
+          info = tarfile.TarInfo(name)
+          info.size = len(payload)
+          tar.addfile(info, io.BytesIO(payload))
   return True
 
 

@@ -36,6 +36,7 @@ import pytest
 from tests import doc_stand_ins
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 DOCS = ("README.md", "launch/README.md")
 PREFIX = "python -m pixnerd_jax"
 TIMEOUT_S = 300
@@ -43,14 +44,17 @@ TIMEOUT_S = 300
 # Documented text -> its stand-in ({tmp}: the scratch directory), per token, as regexes.
 PLACEHOLDERS = {
     r"<data_dir>": "{tmp}/tfds",                  # TFDS data_dir: tiny imagenet2012
-    r"gs://bucket/run": "{tmp}/bucket/run",       # a bucket workdir: a local one
+    r"gs://bucket/(\w+)": "{tmp}/bucket/\\1",     # a bucket workdir: a local one
     r"(?<==)DIR$": "{tmp}/workdir",               # --workdir=DIR
     r"(?<==)/data/imagenet/train$": "{tmp}/imagenet/train",  # ImageNet-style image folder
+    r"(?<==)/data/shards/\*\.tar$": "{tmp}/shards/*.tar",  # webdataset caption shards
+    r"^\.\./shared/": "{shared}/",  # the reference fixtures beside the checkout
 }
 # Made before the commands run, for the placeholders above: path under {tmp} -> maker.
 PLACEHOLDER_STAND_INS = {
     "tfds": doc_stand_ins.tfds_imagenet,
     "imagenet/train": doc_stand_ins.image_folder,
+    "shards": doc_stand_ins.caption_tar_shards,
 }
 # Set for every command. configs/imagenet512.py reads TFDS's default data_dir.
 ENVIRONMENT = {"TFDS_DATA_DIR": "{tmp}/tfds"}
@@ -59,6 +63,8 @@ ENVIRONMENT = {"TFDS_DATA_DIR": "{tmp}/tfds"}
 # made under their documented names in the scratch directory when a command names them.
 STAND_INS = {
     "epoch=319-step=1600000_emainit.ckpt": doc_stand_ins.official_checkpoint,
+    "model.ckpt": doc_stand_ins.official_t2i_checkpoint,  # the released text-to-image one
+    "weights/Qwen3-1.7B": doc_stand_ins.text_encoder_folder,
     "fixture.npz": doc_stand_ins.reference_fixture,
     "dinov2_vitb14_pretrain.pth": doc_stand_ins.dinov2_hub_weights,
     "pt_inception-2015-12-05-6726825d.pth": doc_stand_ins.inception_weights,
@@ -78,10 +84,32 @@ def _model_of(params_checkpoint: str):
   return flags
 
 
-def _needs_libtpu():
+def _needs_libtpu(argv):
+  del argv
   if importlib.util.find_spec("libtpu") is None:
     return "libtpu is not installed (pip install -r requirements-test.txt)"
   return None
+
+
+def _needs_data_source(argv):
+  """Skips a training command whose config's dataset this checkout does not have yet."""
+  from pixnerd_jax import cli  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  path = next(t.split("=", 1)[1] for t in argv if t.startswith("--config="))
+  config, _ = cli._load_config(str(ROOT / path), "config")  # pylint: disable=protected-access
+  name = next((t.split("=", 1)[1] for t in argv if t.startswith("--config.data.name=")),
+              config.data.name)
+  if name not in pipeline.SOURCE_NAMES:
+    return (f"config.data.name={name!r} is not implemented in this checkout yet "
+            f"(pixnerd_jax/data has {pipeline.SOURCE_NAMES})")
+  return None
+
+
+def _needs_files(argv):
+  """Skips a command naming files beside the checkout (../shared) that are absent."""
+  missing = [t for t in argv if t.startswith(str(SHARED))
+             and not os.path.exists(t)]
+  return f"{missing[0]} is absent (CI provides ../shared)" if missing else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +117,7 @@ class Rule:
   pattern: str              # regex searched in the documented command
   extra: tuple = ()         # flags appended (str, or callable(tmp) -> list of str)
   expect: str | None = None  # regex the command's stdout must match
-  needs: object = None      # callable() -> reason to skip, or None
+  needs: object = None      # callable(argv) -> reason to skip, or None
   why: str = ""
 
 
@@ -97,17 +125,19 @@ DRY_RUN_OK = r"(?m)^dry run\s+OK"
 # First match wins. Every documented command must match one.
 RUNS = (
     Rule(r"^python -m pixnerd_jax\.main .*--config\.init_from=converted/xl256\b",
-         ("--dry_run", _model_of("converted/xl256")), DRY_RUN_OK,
+         ("--dry_run", _model_of("converted/xl256")), DRY_RUN_OK, needs=_needs_data_source,
          why="training takes days; the converted checkpoint comes from the tiny stand-in "
              "official checkpoint, so config.model is set to its architecture"),
     Rule(r"^python -m pixnerd_jax\.main ", ("--dry_run",), DRY_RUN_OK,
+         needs=_needs_data_source,
          why="training takes hours to days; the dry run loads, reads and traces everything"),
     Rule(r"^python -m pixnerd_jax\.sample ", ("--dry_run",), DRY_RUN_OK,
          why="50,000 samples take hours; the dry run loads the checkpoint, traces the sampler"),
     Rule(r"^python -m pixnerd_jax\.aot ", ("--dry_run",), r"(?m)^dry run\s+the step lowered",
          needs=_needs_libtpu, why="XLA's TPU compile of XL/16 takes minutes"),
     Rule(r"^python -m pixnerd_jax\.(convert|convert_dinov2|evaluation\.inception|"
-         r"evaluation\.fid) ", why="runs as documented on the stand-ins, in seconds"),
+         r"evaluation\.fid) ", needs=_needs_files,
+         why="runs as documented on the stand-ins, in seconds"),
 )
 
 
@@ -162,7 +192,7 @@ def substitute(command: Command, tmp: pathlib.Path) -> list[str]:
   argv = []
   for token in command.tokens:
     for pattern, replacement in PLACEHOLDERS.items():
-      token = re.sub(pattern, replacement.format(tmp=tmp), token)
+      token = re.sub(pattern, replacement.format(tmp=tmp, shared=SHARED), token)
     leftover = re.search(r"<[^>]*>|gs://|\b[A-Z]{3,}\b", token)
     if leftover:
       pytest.fail(f"{command.id}: `{command.text}` holds the placeholder {leftover.group()!r}"
@@ -228,17 +258,24 @@ def doc_runs(tmp_path_factory) -> dict[str, Result]:
   started = time.perf_counter()
   tmp = tmp_path_factory.mktemp("docs")
   (tmp / "configs").symlink_to(ROOT / "configs")
-  for relative, maker in PLACEHOLDER_STAND_INS.items():
-    maker(tmp / relative)
+  if any(rule_for(c) is None for c in COMMANDS):
+    return {}  # test_every_command_has_a_rule_and_known_placeholders says which
   argvs = {c: substitute(c, tmp) for c in COMMANDS}
+  skips = {c: rule_for(c).needs(argvs[c]) if rule_for(c).needs else None for c in COMMANDS}
+  runnable = [argvs[c] for c in COMMANDS if not skips[c]]
+  # Stand-ins are made only for the commands that will run.
+  environment = {k: v.format(tmp=tmp) for k, v in ENVIRONMENT.items()}
+  for relative, maker in PLACEHOLDER_STAND_INS.items():
+    if any(str(tmp / relative) in token
+           for token in [t for argv in runnable for t in argv] + list(environment.values())):
+      maker(tmp / relative)
   unavailable = {}
   for name, maker in STAND_INS.items():
-    if any(_reads(argv, name) or name in argv for argv in argvs.values()):
+    if any(_reads(argv, name) or name in argv for argv in runnable):
       if not maker(tmp / name):
         unavailable[name] = (maker.__doc__ or "").strip().splitlines()[0]
   print(f"stand-ins made in {time.perf_counter() - started:.1f} s")
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3",
-             **{k: v.format(tmp=tmp) for k, v in ENVIRONMENT.items()})
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", **environment)
 
   results, futures = {}, {}
 
@@ -251,17 +288,14 @@ def doc_runs(tmp_path_factory) -> dict[str, Result]:
         return Result(argv, skipped=f"not run: it reads the output of {producer.id}, "
                                     "which did not succeed")
     missing = [n for n in unavailable if _reads(argv, n) or n in argv]
-    reason = rule.needs() if rule.needs else None
-    if missing or reason:
-      return Result(argv, skipped=reason or f"stand-in {missing[0]} unavailable here: "
-                                             f"{unavailable[missing[0]]}")
+    if skips[command] or missing:
+      return Result(argv, skipped=skips[command] or f"stand-in {missing[0]} unavailable "
+                                                    f"here: {unavailable[missing[0]]}")
     for extra in rule.extra:
       argv = argv + (extra(tmp) if callable(extra) else [extra])
     return _run(argv, tmp, env)
 
   order = run_order(argvs)
-  if any(rule_for(c) is None for c in COMMANDS):
-    return {}  # test_every_command_has_a_rule says which
   # Two at a time: most of each is single-threaded (imports, tracing). Submitted in run
   # order, so a command waits only on commands already started.
   with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
