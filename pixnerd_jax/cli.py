@@ -69,7 +69,7 @@ def explain(error: Exception, argv: Sequence[str], flag_values: flags.FlagValues
     config, problem = _load_config(path, name)
     if problem:
       return problem
-    for field, value in _overrides(argv, name):
+    for field, _ in _overrides(argv, name):
       problem = field_problem(config, field, name)
       if problem:
         return problem
@@ -78,7 +78,7 @@ def explain(error: Exception, argv: Sequence[str], flag_values: flags.FlagValues
     match = re.match(rf"flag --({re.escape(name)}\.([\w.]+))=(.*?): (.*)", str(error), re.S)
     if match:
       flag, field, value, reason = match.groups()
-      if isinstance(reason, str) and "Non-boolean argument" in reason:
+      if "Non-boolean argument" in reason:
         reason = "use true or false"
       return (f"{flag}={value}: expected {_describe_type(config, field)} "
               f"({_one_line(reason)}); {flag} is now {_current(config, field)!r}")
