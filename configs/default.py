@@ -5,6 +5,7 @@
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import models
 
@@ -24,7 +25,8 @@ def get_config():
       # digits_captions | caption_folder | caption_tar | tfds_captions.
       name="digits",
       tfds_name="imagenet2012",
-      data_dir=None,          # TFDS data_dir
+      # TFDS data_dir; unset (None): TFDS's default (~/tensorflow_datasets).
+      data_dir=config_dict.placeholder(str),
       split="train",
       folder="",              # root/<class>/*.jpg (folder); root/**/x.jpg + x.txt (caption_folder)
       tar_shards="",          # caption_tar: glob of webdataset .tar shards, e.g. /data/x-*.tar
@@ -90,7 +92,7 @@ def get_config():
       guidance_interval_min=0.1,
       guidance_interval_max=1.0,
       timeshift=1.0,
-      last_step=None,
+      last_step=config_dict.placeholder(float),  # unset: 1 / num_steps
       # Text models: ';'-separated prompts for the sample grids (digits_captions: held-out
       # captions when empty).
       prompts="",

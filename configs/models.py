@@ -6,6 +6,7 @@ tiny_t2i are for tests.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 _PRESETS = {
     # name: (patch_size, hidden_size, num_groups, hidden_size_x, num_blocks, num_cond_blocks)
@@ -51,8 +52,8 @@ def get(name: str = "XL/16", **overrides) -> ml_collections.ConfigDict:
       conditioning="class",
       # Compute dtype; params and optimizer state stay float32.
       dtype="float32",
-      # None: XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16).
-      attention_implementation=None,
+      # Unset (None) or "xla": XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16).
+      attention_implementation=config_dict.placeholder(str),
       # Backward-pass recomputation: none | decoder | blocks | dots_saveable.
       remat_policy="none",
       # One nn.scan over the DiT blocks (stacked params): compiles one block, not 26.

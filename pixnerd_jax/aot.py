@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
+from pixnerd_jax import cli
 from pixnerd_jax import models
 from pixnerd_jax import repa
 from pixnerd_jax import text_encoder
@@ -47,6 +48,9 @@ def _define_flags() -> None:
   flags.DEFINE_float("step_time_s", None, "A measured step time; prints the FLOP "
                      "utilisation it implies.")
   flags.DEFINE_float("hbm_gib", None, "Override the chip's HBM (GiB) for the fit check.")
+  flags.DEFINE_bool("dry_run", False, "Build the slice's devices, the mesh and the train "
+                    "program and lower the step, but skip XLA's compile (minutes for XL): "
+                    "checks the config and topology in seconds; no memory or FLOPs.")
   flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -143,7 +147,7 @@ def abstract_batch(config: ml_collections.ConfigDict, program: train.TrainProgra
 
 @dataclasses.dataclass
 class Compiled:
-  compiled: jax.stages.Compiled
+  compiled: jax.stages.Compiled | None  # None: lowered only (--dry_run)
   mesh: jax.sharding.Mesh
   num_params: int
   lower_seconds: float    # tracing to StableHLO (Python)
@@ -186,12 +190,13 @@ def _text_encoder_shapes(config: ml_collections.ConfigDict):
   return encoder, qwen3.param_shapes(model)
 
 
-def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
+def compile_train_step(config: ml_collections.ConfigDict, devices,
+                       compile_step: bool = True) -> Compiled:
   """Lowers and compiles the trainer's step (train.build_train_program) for `devices`.
 
   The state, batch and frozen (REPA encoder) params are ShapeDtypeStructs carrying the
   trainer's shardings, so nothing is allocated; the state is donated as in the trainer,
-  so its outputs alias its inputs.
+  so its outputs alias its inputs. compile_step=False stops after lowering.
   """
   if config.batch_size % len(devices):
     raise AotError(f"config.batch_size={config.batch_size} does not split over "
@@ -210,7 +215,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
         _with_shardings(program.state_shapes, program.state_sharding),
         abstract_batch(config, program), frozen)
   lowered_at = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile() if compile_step else None
   return Compiled(compiled, mesh, models.count_params(program.state_shapes.params),
                   lower_seconds=lowered_at - start,
                   compile_seconds=time.perf_counter() - lowered_at)
@@ -314,6 +319,17 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   return mem["total"] / GIB
 
 
+def _report_dry_run(topology, devices, config, result: Compiled) -> None:
+  print(f"topology        {topology} ({devices[0].device_kind}, {len(devices)} chips)")
+  print(f"mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
+  print(f"model           {config.model.get('preset', '?')} {config.model.dtype}, "
+        f"{result.num_params:,} params, REPA {'on' if config.repa.enabled else 'off'}")
+  print(f"batch           {config.batch_size} global, {config.batch_size // len(devices)} "
+        "per chip")
+  print(f"dry run         the step lowered in {result.lower_seconds:.1f} s; XLA's compile "
+        "skipped, so no memory or FLOPs: run without --dry_run for those")
+
+
 def _validate(config: ml_collections.ConfigDict) -> None:
   """The trainer's checks, except that REPA may go without its DINOv2 weights: only their
   shapes are compiled against (ViT-B/14 unless config.repa.dino_checkpoint names others)."""
@@ -335,6 +351,10 @@ def main(argv):
     _validate(config)
     generation, devices = topology_devices(FLAGS.topology)
     hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
+    if FLAGS.dry_run:
+      _report_dry_run(FLAGS.topology, devices, config,
+                      compile_train_step(config, devices, compile_step=False))
+      return
     try:
       result = compile_train_step(config, devices)
     except jax.errors.JaxRuntimeError as e:
@@ -369,4 +389,4 @@ def _compile_only_environment() -> None:
 if __name__ == "__main__":
   _compile_only_environment()
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -11,7 +11,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pixnerd_jax import cli
 from pixnerd_jax import distributed
+from pixnerd_jax import dry_run
 from pixnerd_jax import train
 from pixnerd_jax.checkpoint import CheckpointError
 from pixnerd_jax.validation import ConfigError
@@ -25,6 +27,13 @@ flags.DEFINE_string("coordinator_address", None,
                     "and SLURM are detected without it.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_bool("dry_run", False,
+                  "Check and build everything the run needs (config, workdir, mesh, what it "
+                  "loads, the first batch, the train step traced on abstract inputs), print "
+                  "a summary with the memory per device of the train state, and exit.")
+flags.DEFINE_bool("dry_run_compile", False,
+                  "--dry_run that also compiles the train step for this backend and prints "
+                  "XLA's memory analysis per device (takes minutes for XL/16).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 class _QuietLibraries:
@@ -47,6 +56,9 @@ def main(argv):
     logging.info("jax.distributed initialized (%s).", kind)
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
+  if FLAGS.dry_run or FLAGS.dry_run_compile:
+    sys.exit(dry_run.report_errors(dry_run.train, FLAGS.config, FLAGS.workdir,
+                                   compile_step=FLAGS.dry_run_compile))
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ConfigError, CheckpointError, train.NonFiniteLossError, FileNotFoundError) as e:
@@ -57,4 +69,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  cli.run(main)

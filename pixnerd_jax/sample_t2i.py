@@ -361,10 +361,10 @@ def prompt_layout(out: str, prompts: Sequence[str], samples_per_prompt: int, *,
   i is prompt i), <out>/run.json (the settings) and <out>/grid.png (a row per prompt, the
   first grid_rows x grid_cols images, tiles shrunk to at most grid_tile pixels).
   Sample k of prompt i has noise index i * samples_per_prompt + k."""
-  os.makedirs(os.path.join(out, "images"), exist_ok=True)
   n = samples_per_prompt
 
   def write(i, images):
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
     for k, image in enumerate(images):
       save_png(image_path(out, i, k), image)
 

@@ -355,3 +355,25 @@ def test_command_dispatches_on_the_model_shards_over_two_devices_and_matches(
                         "--prompt=a cat"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
   assert c2i.returncode == 1 and "--prompt need a text-to-image checkpoint" in c2i.stderr
+
+
+def test_dry_run_traces_the_text_sampler_at_the_asked_size_and_writes_nothing(
+    config, ckpt, prompt_run, tmp_path, capsys):
+  out = tmp_path / "dry"
+  plan = sample.dry_run_text_report(config, ckpt, str(out), prompts=PROMPTS,
+                                    samples_per_prompt=2, height=24, width=32, batch_size=4,
+                                    **SAMPLER)
+  assert plan["prompts"] == 3 and plan["done"] == 0 and plan["per_call"] == 4
+  assert plan["out_shape"] == (4, 24, 32, 3)
+  assert plan["settings"]["sampler"] == "adamlm"
+  assert "dry run         OK" in capsys.readouterr().out
+  assert not out.exists()
+  # A finished --out is reported as done; other settings are refused before sampling.
+  done = sample.dry_run_text_report(config, ckpt, str(prompt_run[0]), prompts=PROMPTS,
+                                    samples_per_prompt=2, batch_size=4, **SAMPLER)
+  assert done["done"] == 3
+  with pytest.raises(ValueError, match="other settings"):
+    sample.dry_run_text_report(config, ckpt, str(prompt_run[0]), prompts=PROMPTS,
+                               samples_per_prompt=2, seed=5, **SAMPLER)
+  with pytest.raises(ValueError, match="exactly one of"):
+    sample.dry_run_text_report(config, ckpt, str(out))

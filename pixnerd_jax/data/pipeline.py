@@ -108,7 +108,7 @@ def make_source(
   if name == 'tfds':
     return tfds_source.TfdsSource(
         data_config.tfds_name, data_config.get('split', 'train'),
-        data_config.get('data_dir'), resolution)
+        data_config.get('data_dir') or None, resolution)  # '' = unset
   raise ValueError(
       f'config.data.name={name!r} is not one of {SOURCE_NAMES}.')
 

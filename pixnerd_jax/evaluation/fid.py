@@ -112,11 +112,13 @@ def inception_outputs(variables, images, batch_size: int = DEFAULT_BATCH):
   fn = _network_fn(mesh)
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   pools, logits = [], []
-  for batch in _batches(images, batch_size):
+  for i, batch in enumerate(_batches(images, batch_size)):
     if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
       raise ValueError(f"Expected uint8 (N, H, W, 3) images, got {batch.dtype} {batch.shape}.")
     n = len(batch)
-    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, 0)])
+    # Fewer images than one batch: run them at their own size (still one compile).
+    size = batch_size if i or n == batch_size else -(-n // len(devices)) * len(devices)
+    padded = np.concatenate([batch, np.repeat(batch[-1:], size - n, 0)])
     pool, logit = fn(variables, padded)
     pools.append(np.asarray(pool, np.float64)[:n])
     logits.append(np.asarray(logit)[:n])
