@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
+from pixnerd_jax import cli
 from pixnerd_jax import models
 from pixnerd_jax import repa
 from pixnerd_jax import sharding
@@ -293,31 +294,30 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   validation.validate_config(config)
 
 
+@cli.entry_point(known=(AotError, validation.ConfigError), code=2)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.quiet_start()
   config = FLAGS.config
-  try:
-    _validate(config)
+  _validate(config)
+  with cli.libtpu_noise_filtered():
     generation, devices = topology_devices(FLAGS.topology)
-    hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
-    try:
-      result = compile_train_step(config, devices)
-    except jax.errors.JaxRuntimeError as e:
-      oom = _oom_gib(str(e))
-      if oom is None:
-        raise
-      print(str(e).splitlines()[0], file=sys.stderr)  # XLA's own account
-      print(does_not_fit_message(oom[0], oom[1], config.batch_size // len(devices)),
-            file=sys.stderr)
-      sys.exit(1)
-  except (AotError, validation.ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
+  try:
+    result = compile_train_step(config, devices)
+  except jax.errors.JaxRuntimeError as e:
+    oom = _oom_gib(str(e))
+    if oom is None:
+      raise
+    print("error: " + does_not_fit_message(oom[0], oom[1], config.batch_size // len(devices)),
+          file=sys.stderr)
+    print(f"(XLA: {cli.summary(e, 300)})", file=sys.stderr)  # XLA's own account
+    return 1
   total = _report(FLAGS.topology, generation, devices, config, result, hbm_gib,
                   FLAGS.step_time_s)
   if total > hbm_gib:
-    print(does_not_fit_message(total, hbm_gib, config.batch_size // len(devices)),
+    print("error: " + does_not_fit_message(total, hbm_gib, config.batch_size // len(devices)),
           file=sys.stderr)
     sys.exit(1)
   print(f"fits            {total:.2f} of {hbm_gib:g} GiB per chip")

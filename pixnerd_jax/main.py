@@ -3,14 +3,13 @@
 Starting again with the same workdir resumes from its latest checkpoint.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pixnerd_jax import cli
 from pixnerd_jax import distributed
 from pixnerd_jax import train
 from pixnerd_jax.checkpoint import CheckpointError
@@ -27,17 +26,14 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordin
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-class _QuietLibraries:
-  """Drops INFO records from Orbax's very chatty checkpoint logging."""
 
-  def filter(self, record) -> bool:
-    return record.levelno > 20 or "orbax" not in record.pathname
-
-
+@cli.entry_point(known=(ConfigError, CheckpointError, train.NonFiniteLossError, OSError),
+                 oom_hint="lower --config.batch_size, set --config.model.remat_policy=blocks "
+                 "or shard over more devices (--config.mesh.fsdp=-1)")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_start()
   try:
     kind = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
@@ -47,12 +43,7 @@ def main(argv):
     logging.info("jax.distributed initialized (%s).", kind)
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, CheckpointError, train.NonFiniteLossError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from pixnerd_jax import checkpoint
+from pixnerd_jax import cli
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.models import build_model, param_shapes, params_for_model
@@ -337,22 +338,20 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
   return path
 
 
+@cli.entry_point(known=(checkpoint.CheckpointError, ValueError, OSError),
+                 oom_hint="lower --batch_size")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.quiet_start()
   if FLAGS.distributed:
     jax.distributed.initialize()
   overrides = {name: FLAGS[name].value for name in (
       "sampler", "num_steps", "guidance", "guidance_interval_min", "guidance_interval_max",
       "timeshift", "last_step", "order", "exact_heun", "step_fn")}
-  try:
-    path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
-               batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
-               online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)
-  except (checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
+             batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
+             online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)
   if path:
     print(path)
 
