@@ -122,24 +122,25 @@ def _save_error(manager, step: int, error: Exception) -> CheckpointError:
       f"({cli.summary(error, 200)})")
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
+def _restore(directory, step: int, state, data_iterator):
+  """The state of `step` in the structure/sharding of `state`; the iterator in place.
+
+  Through the item handlers rather than the manager: the manager's restore ends in a
+  barrier, and a process whose files fail to read would leave the others waiting there.
+  Each process reads what it needs; restore_latest then has them agree.
+  """
   from pixnerd_jax import data  # pylint: disable=import-outside-toplevel
+  step_dir = epath.Path(directory) / str(step)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract),
-      data=data.iterator_checkpoint_args(data_iterator, restore=True))).state
-
-
-def restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
-  """Restores `step` into the structure/sharding of `state`; the iterator in place."""
+  handlers = _item_handlers()
   try:
-    return _restore(manager, step, state, data_iterator), data_iterator
-  except Exception as e:  # orbax raises many types for damaged or foreign checkpoints
-    _raise_if_written_with_another_config(manager, step, state)
-    raise CheckpointError(
-        f"The checkpoint of step {step} in {manager.directory} does not restore: it is "
-        f"damaged; move it aside to resume from the previous one. ({cli.summary(e, 200)})"
-        ) from e
+    restored = handlers["state"].restore(step_dir / "state",
+                                         args=ocp.args.StandardRestore(abstract))
+    handlers["data"].restore(step_dir / "data",
+                             args=data.iterator_checkpoint_args(data_iterator, restore=True))
+  finally:
+    handlers["state"].close()
+  return restored
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
@@ -158,7 +159,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
   for step in steps:
     restored, problem = None, None
     try:
-      restored = _restore(manager, step, state, data_iterator)
+      restored = _restore(manager.directory, step, state, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       problem = e
       logging.debug("Restoring step %d failed", step, exc_info=e)
@@ -202,17 +203,18 @@ def _move_aside(directory, step: int) -> epath.Path:
   while target.exists():
     n += 1
     target = directory / f"{step}{DAMAGED_SUFFIX}.{n}"
+  _on_all_processes(True)  # all have picked the name before process 0 renames
+  problem = None
   if jax.process_index() == 0:
     try:
       (directory / str(step)).rename(target)
     except OSError as e:
-      raise CheckpointError(
-          f"The checkpoint of step {step} in {directory} is damaged and could not be moved "
-          f"aside ({cli.summary(e, 200)}); move or delete {directory / str(step)} by hand, "
-          "then restart.") from e
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(f"pixnerd_moved_aside_{step}")
+      problem = cli.summary(e, 200)
+  if not _on_all_processes(problem is None):  # also the barrier after the rename
+    raise CheckpointError(
+        f"The checkpoint of step {step} in {directory} is damaged and could not be moved "
+        f"aside: move or delete {directory / str(step)} by hand, then restart. "
+        f"({problem or 'the rename failed on process 0'})")
   return target
 
 
@@ -245,10 +247,13 @@ def _tree_difference(found: dict, expected: dict) -> str | None:
 def _raise_if_written_with_another_config(manager, step: int, state) -> None:
   """CheckpointError if the checkpoint's own metadata reads and differs from `state`;
   returns when the metadata matches or does not read (then the files are damaged)."""
+  handler = ocp.StandardCheckpointHandler()
   try:
-    metadata = manager.item_metadata(step)["state"]
+    metadata = handler.metadata(epath.Path(manager.directory) / str(step) / "state")
   except Exception:  # pylint: disable=broad-except
     return
+  finally:
+    handler.close()
   if metadata is None:
     return
   difference = _tree_difference(_shapes_by_path(metadata), _shapes_by_path(state))
@@ -295,7 +300,7 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
   candidates = [step] if step is not None else steps[::-1]
   for candidate in candidates:
     try:
-      return candidate, _read_state(directory / str(candidate) / "state")
+      return candidate, _read_state(directory, candidate)
     except Exception as e:  # pylint: disable=broad-except  # damaged files raise many types
       logging.debug("Reading step %d failed", candidate, exc_info=e)
       problem = cli.summary(e, 200)
@@ -311,11 +316,17 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
                         f"{problem})")
 
 
-def _read_state(path: epath.Path) -> dict:
-  with ocp.StandardCheckpointer() as ckptr:
-    metadata = ckptr.metadata(path).item_metadata
+def _read_state(directory: epath.Path, step: int) -> dict:
+  # The handler alone: a Checkpointer on the item directory would warn that the step's
+  # metadata file is not there (it is one level up).
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    path = directory / str(step) / "state"
+    metadata = handler.metadata(path)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-    return ckptr.restore(path, target)
+    return handler.restore(path, args=ocp.args.StandardRestore(target))
+  finally:
+    handler.close()

@@ -142,12 +142,26 @@ class _LibraryNoise(std_logging.Filter):
     return True
 
 
+_LIBRARY_DIRS = ("/orbax/", "/tensorstore/", "/asyncio/")
+
+
+def _from_library(unraisable) -> bool:
+  """Whether an unraisable exception is the aftermath of a failed Orbax/TensorStore read:
+  asyncio's closed loop called back by TensorStore, or Orbax's read coroutines dropped
+  with their errors once the first error ended the restore."""
+  if (isinstance(unraisable.exc_value, RuntimeError) and
+      str(unraisable.exc_value) == _EVENT_LOOP_CLOSED):
+    return True
+  code = getattr(getattr(unraisable, "object", None), "cr_code", None)
+  files = [code.co_filename] if code else []
+  files += [frame.filename for frame in traceback.extract_tb(
+      getattr(unraisable, "exc_traceback", None))]
+  return any(d in f for f in files for d in _LIBRARY_DIRS)
+
+
 def _quiet_unraisable(previous: Callable) -> Callable:
   def hook(unraisable):
-    # TensorStore completes reads left over from a failed restore after asyncio closed
-    # the loop that was waiting for them; nothing is lost.
-    if (isinstance(unraisable.exc_value, RuntimeError) and
-        str(unraisable.exc_value) == _EVENT_LOOP_CLOSED):
+    if _from_library(unraisable):
       if _debug_enabled():
         logging.debug("Ignored in a library callback: %s", unraisable.exc_value)
       return

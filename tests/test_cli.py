@@ -19,7 +19,7 @@ from pixnerd_jax.models import build_model, param_shapes
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPEC = ("[tensorstore_spec='{\\\"context\\\":{\\\"cache_pool\\\":{}},\\\"driver\\\":"
         "\\\"zarr\\\",\\\"kvstore\\\":{\\\"path\\\":\\\"/w/checkpoints/6/state/\\\"}}']")
-NOISE = ("Traceback", "Event loop is closed", "tensorstore_spec")
+NOISE = ("Traceback", "Exception ignored", "Event loop is closed", "tensorstore_spec")
 
 
 def test_summary_cuts_tensorstore_specs_and_extra_lines():
