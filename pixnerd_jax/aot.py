@@ -330,6 +330,9 @@ def _compile_only_environment() -> None:
   the topology call fail ('multi-process lockfile')."""
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   jax.config.update("jax_platforms", "cpu")
+  # A persistent cache (JAX_COMPILATION_CACHE_DIR) cannot load executables compiled for
+  # devices that are not there; JAX would warn at every run.
+  jax.config.update("jax_enable_compilation_cache", False)
 
 
 if __name__ == "__main__":

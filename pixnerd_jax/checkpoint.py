@@ -93,8 +93,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> Non
     raise _save_error(manager, step, e) from e
 
 
-def wait_until_saved(manager: ocp.CheckpointManager, step: int) -> None:
-  """Waits for the background save; CheckpointError if it failed."""
+def wait_until_saved(manager: ocp.CheckpointManager, step: int | None = None) -> None:
+  """Waits for the background save (of `step`, if known); CheckpointError if it failed."""
   try:
     manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except
@@ -111,15 +111,15 @@ def complete_steps(directory) -> list[int]:
     return []
 
 
-def _save_error(manager, step: int, error: Exception) -> CheckpointError:
+def _save_error(manager, step: int | None, error: Exception) -> CheckpointError:
   logging.debug("Checkpoint save failed", exc_info=error)
   complete = complete_steps(manager.directory)
   resume = (f"restart to resume from step {complete[-1]}, the newest complete checkpoint"
             if complete else "restart (no checkpoint is complete yet: it starts from step 0)")
+  which = "a checkpoint" if step is None else f"the checkpoint of step {step}"
   return CheckpointError(
-      f"Writing the checkpoint of step {step} to {manager.directory} failed: make that "
-      f"directory writable or free space on its disk, then {resume}. "
-      f"({cli.summary(error, 200)})")
+      f"Writing {which} to {manager.directory} failed: make that directory writable or "
+      f"free space on its disk, then {resume}. ({cli.summary(error, 200)})")
 
 
 def _restore(directory, step: int, state, data_iterator):
@@ -166,8 +166,9 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
       _raise_if_written_with_another_config(manager, step, state)
     if not _on_all_processes(problem is None):
       reason = cli.summary(problem, 250) if problem else "it failed on another process"
-      logging.warning("The checkpoint of step %d in %s does not restore (%s); trying the "
-                      "previous one.", step, manager.directory, reason)
+      logging.warning("The checkpoint of step %d in %s does not restore (%s); %s.", step,
+                      manager.directory, reason,
+                      "trying the previous one" if step != steps[-1] else "no older one")
       failed.append((step, reason))
       continue
     for bad, _ in failed:

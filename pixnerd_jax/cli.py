@@ -35,6 +35,7 @@ from pixnerd_jax import distributed
 _SPEC = re.compile(r"\s*\[tensorstore_spec(?:\[\d+\])?='.*?'\]", re.DOTALL)
 _DRIVER_PREFIX = re.compile(r'Error opening "\w+" driver: ')
 _EVENT_LOOP_CLOSED = "Event loop is closed"
+_NEVER_RETRIEVED = "exception was never retrieved"  # Task, Future, _GatheringFuture
 
 
 def summary(error: BaseException, limit: int = 400) -> str:
@@ -81,7 +82,8 @@ def skip_tpu_backend() -> str | None:
     xla_bridge._discover_and_register_pjrt_plugins()  # pylint: disable=protected-access
     registered = xla_bridge._backend_factories  # pylint: disable=protected-access
     # Highest priority first, as JAX orders them when it chooses the default backend.
-    names = sorted((n for n in registered if n != "tpu"), key=lambda n: -registered[n].priority)
+    names = sorted((n for n in registered if n != "tpu"),
+                   key=lambda n: -registered[n].priority)
   except Exception:  # pylint: disable=broad-except
     return None  # another JAX version: keep its default (noisy, but working)
   if not names:
@@ -130,8 +132,8 @@ class _LibraryNoise(std_logging.Filter):
   """Orbax's INFO chatter, its background-thread tracebacks and asyncio's leftovers."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    if record.name == "asyncio":  # "Task exception was never retrieved" after a failed read
-      return _debug_enabled()
+    if record.name == "asyncio" and _NEVER_RETRIEVED in str(record.msg):
+      return _debug_enabled()  # reads left over from a failed restore
     if "orbax" not in record.pathname or _debug_enabled():
       return True
     if record.levelno < std_logging.WARNING:

@@ -363,7 +363,7 @@ def _check_finite(pending: list, manager) -> None:
   bad = _first_nonfinite(pending)
   pending.clear()
   if bad is not None:
-    checkpoint.wait_until_saved(manager, bad)
+    checkpoint.wait_until_saved(manager)
     last_good = manager.latest_step()
     raise NonFiniteLossError(
         f"Non-finite loss at step {bad}; training stopped. The last good checkpoint is "
