@@ -102,11 +102,12 @@ def wait_until_saved(manager: ocp.CheckpointManager, step: int | None = None) ->
 
 
 def complete_steps(directory) -> list[int]:
-  """Steps of the complete checkpoints in `directory` (unfinished saves and checkpoints
-  moved aside have other names), read afresh; [] if the directory cannot be listed."""
+  """Steps of the complete checkpoints in `directory`, read afresh (checkpoints moved
+  aside have other names; on object stores an unfinished save has the step's name but no
+  commit marker); [] if the directory cannot be listed."""
   try:
     return sorted(int(p.name) for p in epath.Path(directory).iterdir()
-                  if p.name.isdigit() and p.is_dir())
+                  if p.name.isdigit() and ocp.step.is_checkpoint_finalized(p))
   except OSError:
     return []
 
