@@ -25,6 +25,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from pixnerd_jax import cli
+from pixnerd_jax import console
 from pixnerd_jax import models
 from pixnerd_jax import repa
 from pixnerd_jax import text_encoder
@@ -282,7 +283,7 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   mem = memory_per_chip(result.compiled)
   res = config.data.resolution
   print(f"topology        {topology} ({devices[0].device_kind}, {chips} chips, {hosts} hosts)")
-  print(f"mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
+  print("mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
   print(f"model           {config.model.get('preset', '?')} {config.model.dtype}, "
         f"{result.num_params:,} params, remat_policy={config.model.remat_policy}, "
         f"REPA {'on' if config.repa.enabled else 'off'}")
@@ -321,7 +322,7 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
 
 def _report_dry_run(topology, devices, config, result: Compiled) -> None:
   print(f"topology        {topology} ({devices[0].device_kind}, {len(devices)} chips)")
-  print(f"mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
+  print("mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
   print(f"model           {config.model.get('preset', '?')} {config.model.dtype}, "
         f"{result.num_params:,} params, REPA {'on' if config.repa.enabled else 'off'}")
   print(f"batch           {config.batch_size} global, {config.batch_size // len(devices)} "
@@ -343,35 +344,34 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   validation.validate_config(config)
 
 
+@console.entry_point(known=(AotError, validation.ConfigError), code=2)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_start()
   config = FLAGS.config
-  try:
-    _validate(config)
+  _validate(config)
+  with console.libtpu_noise_filtered():
     generation, devices = topology_devices(FLAGS.topology)
-    hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
-    if FLAGS.dry_run:
-      _report_dry_run(FLAGS.topology, devices, config,
-                      compile_train_step(config, devices, compile_step=False))
-      return
-    try:
-      result = compile_train_step(config, devices)
-    except jax.errors.JaxRuntimeError as e:
-      oom = _oom_gib(str(e))
-      if oom is None:
-        raise
-      print(str(e).splitlines()[0], file=sys.stderr)  # XLA's own account
-      print(does_not_fit_message(oom[0], oom[1], config.batch_size // len(devices)),
-            file=sys.stderr)
-      sys.exit(1)
-  except (AotError, validation.ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
+  if FLAGS.dry_run:
+    _report_dry_run(FLAGS.topology, devices, config,
+                    compile_train_step(config, devices, compile_step=False))
+    return 0
+  try:
+    result = compile_train_step(config, devices)
+  except jax.errors.JaxRuntimeError as e:
+    oom = _oom_gib(str(e))
+    if oom is None:
+      raise
+    print("error: " + does_not_fit_message(oom[0], oom[1], config.batch_size // len(devices)),
+          file=sys.stderr)
+    print(f"(XLA: {console.summary(e, 300)})", file=sys.stderr)  # XLA's own account
+    return 1
   total = _report(FLAGS.topology, generation, devices, config, result, hbm_gib,
                   FLAGS.step_time_s)
   if total > hbm_gib:
-    print(does_not_fit_message(total, hbm_gib, config.batch_size // len(devices)),
+    print("error: " + does_not_fit_message(total, hbm_gib, config.batch_size // len(devices)),
           file=sys.stderr)
     sys.exit(1)
   print(f"fits            {total:.2f} of {hbm_gib:g} GiB per chip")
@@ -384,6 +384,9 @@ def _compile_only_environment() -> None:
   the topology call fail ('multi-process lockfile')."""
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   jax.config.update("jax_platforms", "cpu")
+  # A persistent cache (JAX_COMPILATION_CACHE_DIR) cannot load executables compiled for
+  # devices that are not there; JAX would warn at every run.
+  jax.config.update("jax_enable_compilation_cache", False)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,16 @@ import json
 import os
 import re
 import sys
+import zipfile
 from typing import Any, Mapping
 
+from absl import logging
 import jax
 import numpy as np
 from flax import traverse_util
 
 from pixnerd_jax import checkpoint
+from pixnerd_jax import console
 from pixnerd_jax import models
 from pixnerd_jax.diffusion import samplers
 
@@ -54,9 +57,9 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors come in many types
       raise ConversionError(
-          f"Could not read {path} as a torch checkpoint with weights_only=True ({e}). "
-          "The file is corrupt, or it holds Python objects beyond tensors; re-save its "
-          "state_dict with torch.save(model.state_dict(), ...).") from e
+          f"Could not read {path} as a torch checkpoint with weights_only=True: the file is "
+          "corrupt, or it holds Python objects beyond tensors; re-save its state_dict with "
+          f"torch.save(model.state_dict(), ...). ({console.summary(e, 200)})") from e
     if isinstance(obj, Mapping) and "state_dict" in obj:
       obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -64,16 +67,24 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
   if ext == ".safetensors":
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    try:
+      return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    except Exception as e:  # safetensors raises its own error type for damaged headers
+      raise ConversionError(f"Could not read {path} as safetensors: the file is damaged or "
+                            f"incomplete; download it again. ({console.summary(e, 200)})") from e
   if ext == ".npz":
-    with np.load(path, allow_pickle=False) as data:
-      out = {}
-      for k in data.files:
-        if k.startswith("sd/"):
-          out[k[3:]] = np.asarray(data[k], np.float32)
-        elif data[k].dtype.kind == "f" and not _is_fixture_array(k):
-          out[k] = np.asarray(data[k], np.float32)
-      return out
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        out = {}
+        for k in data.files:
+          if k.startswith("sd/"):
+            out[k[3:]] = np.asarray(data[k], np.float32)
+          elif data[k].dtype.kind == "f" and not _is_fixture_array(k):
+            out[k] = np.asarray(data[k], np.float32)
+        return out
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+      raise ConversionError(f"Could not read {path} as .npz: the file is damaged or "
+                            f"incomplete; write it again. ({console.summary(e, 200)})") from e
   raise ConversionError(
       f"Unsupported checkpoint extension {ext!r} for {path}: expected .ckpt, .pt, .pth, "
       ".safetensors or .npz.")
@@ -323,6 +334,11 @@ def verify_fixture(path: str, forward_tol: float = 1e-4, sample_tol: float = 1e-
     raise FileNotFoundError(f"Fixture not found: {path}")
   with np.load(path, allow_pickle=False) as data:
     fixture = {k: data[k] for k in data.files}
+  missing = [k for k in ("cfg_json", "x", "t", "y", "out") if k not in fixture]
+  if missing or not any(k.startswith("sd/") for k in fixture):
+    raise ConversionError(
+        f"{path} is not a conversion fixture: it lacks {missing or ['sd/*']}; verify needs "
+        "sd/*, x, t, y, out and cfg_json (format: ../shared/reference/fixtures/README.md).")
   cfg = json.loads(str(fixture["cfg_json"]))
   state_dict = {k[3:]: v.astype(np.float32) for k, v in fixture.items() if k.startswith("sd/")}
   model_cfg = infer_model_config(state_dict)
@@ -368,7 +384,10 @@ def verify_fixture(path: str, forward_tol: float = 1e-4, sample_tol: float = 1e-
   return ok
 
 
+@console.entry_point(known=(ConversionError, checkpoint.CheckpointError, OSError, ImportError,
+                       KeyError), code=2)
 def main(argv=None) -> int:
+  console.quiet_start()
   parser = argparse.ArgumentParser(prog="python -m pixnerd_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -385,17 +404,18 @@ def main(argv=None) -> int:
                    "format; see ../shared/reference/fixtures/README.md)")
   ver.add_argument("--forward_tol", type=float, default=1e-4)
   ver.add_argument("--sample_tol", type=float, default=1e-3)
+  for command in (ckpt, ver):
+    command.add_argument("--verbose", action="store_true",
+                         help="print the full traceback of an error")
   args = parser.parse_args(argv)
-  try:
-    if args.command == "checkpoint":
-      model_cfg = convert_checkpoint(args.src, args.out, use_ema=args.use_ema)
-      n = models.count_params(checkpoint.load_params(args.out)[1])
-      print(f"wrote {args.out}: {n:,} params, model {json.dumps(model_cfg)}")
-      return 0
-    return 0 if verify_fixture(args.fixture, args.forward_tol, args.sample_tol) else 1
-  except (ConversionError, FileNotFoundError, ImportError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.verbose:
+    logging.set_verbosity(logging.DEBUG)
+  if args.command == "checkpoint":
+    model_cfg = convert_checkpoint(args.src, args.out, use_ema=args.use_ema)
+    n = models.count_params(checkpoint.load_params(args.out)[1])
+    print(f"wrote {args.out}: {n:,} params, model {json.dumps(model_cfg)}")
+    return 0
+  return 0 if verify_fixture(args.fixture, args.forward_tol, args.sample_tol) else 1
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 Starting again with the same workdir resumes from its latest checkpoint.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -12,6 +10,7 @@ import jax
 from ml_collections import config_flags
 
 from pixnerd_jax import cli
+from pixnerd_jax import console
 from pixnerd_jax import distributed
 from pixnerd_jax import dry_run
 from pixnerd_jax import train
@@ -36,17 +35,14 @@ flags.DEFINE_bool("dry_run_compile", False,
                   "XLA's memory analysis per device (takes minutes for XL/16).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-class _QuietLibraries:
-  """Drops INFO records from Orbax's very chatty checkpoint logging."""
 
-  def filter(self, record) -> bool:
-    return record.levelno > 20 or "orbax" not in record.pathname
-
-
+@console.entry_point(known=(ConfigError, CheckpointError, train.NonFiniteLossError, OSError),
+                 oom_hint="lower --config.batch_size, set --config.model.remat_policy=blocks "
+                 "or shard over more devices (--config.mesh.fsdp=-1)")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_start()
   try:
     kind = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
@@ -57,14 +53,9 @@ def main(argv):
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.dry_run or FLAGS.dry_run_compile:
-    sys.exit(dry_run.report_errors(dry_run.train, FLAGS.config, FLAGS.workdir,
-                                   compile_step=FLAGS.dry_run_compile))
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, CheckpointError, train.NonFiniteLossError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    return dry_run.report_errors(dry_run.train, FLAGS.config, FLAGS.workdir,
+                                 compile_step=FLAGS.dry_run_compile)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

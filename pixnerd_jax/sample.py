@@ -37,9 +37,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from pixnerd_jax import checkpoint
-from pixnerd_jax import sample_t2i
 from pixnerd_jax import cli
+from pixnerd_jax import console
 from pixnerd_jax import dry_run
+from pixnerd_jax import sample_t2i
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.models import build_model, count_params, param_shapes, params_for_model
@@ -528,9 +529,12 @@ def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
               settings=settings)
 
 
+@console.entry_point(known=(checkpoint.CheckpointError, ValueError, OSError),
+                 oom_hint="lower --batch_size")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_start()
   if FLAGS.distributed:
     jax.distributed.initialize()
   overrides = {name: FLAGS[name].value for name in (
@@ -538,40 +542,35 @@ def main(argv):
       "timeshift", "last_step", "order", "exact_heun", "step_fn")}
   text_model = sample_t2i.is_text_checkpoint(FLAGS.checkpoint, FLAGS.config)
   if FLAGS.dry_run and text_model:
-    sys.exit(dry_run.report_errors(
+    return dry_run.report_errors(
         dry_run_text_report, FLAGS.config, FLAGS.checkpoint, FLAGS.out,
         prompts=FLAGS.prompt, prompts_file=FLAGS.prompts, geneval=FLAGS.geneval,
         dpg=FLAGS.dpg, samples_per_prompt=FLAGS.samples_per_prompt, online=FLAGS.online,
         step=FLAGS.step, grid=FLAGS.grid, height=FLAGS.height, width=FLAGS.width,
         batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-        field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides))
+        field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides)
   if FLAGS.dry_run:
-    sys.exit(dry_run.report_errors(
+    return dry_run.report_errors(
         dry_run_report, FLAGS.config, FLAGS.checkpoint, FLAGS.out,
         num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
         chunk_size=FLAGS.chunk_size, seed=FLAGS.seed, online=FLAGS.online, step=FLAGS.step,
-        **overrides))
-  try:
-    if text_model:
-      path = run_text(
-          FLAGS.config, FLAGS.checkpoint, FLAGS.out, prompts=FLAGS.prompt,
-          prompts_file=FLAGS.prompts, geneval=FLAGS.geneval, dpg=FLAGS.dpg,
-          samples_per_prompt=FLAGS.samples_per_prompt, online=FLAGS.online, step=FLAGS.step,
-          grid=FLAGS.grid, height=FLAGS.height, width=FLAGS.width,
-          batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-          field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides)
-    else:
-      text_flags = [f"--{n}" for n in _PROMPT_SOURCES + ("height", "width") if FLAGS[n].value]
-      if text_flags:
-        raise ValueError(f"{' '.join(text_flags)} need a text-to-image checkpoint; "
-                         f"{FLAGS.checkpoint} holds a class-conditional model.")
-      path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
-                 batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
-                 online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)
-  except (checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+        **overrides)
+  if text_model:
+    path = run_text(
+        FLAGS.config, FLAGS.checkpoint, FLAGS.out, prompts=FLAGS.prompt,
+        prompts_file=FLAGS.prompts, geneval=FLAGS.geneval, dpg=FLAGS.dpg,
+        samples_per_prompt=FLAGS.samples_per_prompt, online=FLAGS.online, step=FLAGS.step,
+        grid=FLAGS.grid, height=FLAGS.height, width=FLAGS.width,
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides)
+  else:
+    text_flags = [f"--{n}" for n in _PROMPT_SOURCES + ("height", "width") if FLAGS[n].value]
+    if text_flags:
+      raise ValueError(f"{' '.join(text_flags)} need a text-to-image checkpoint; "
+                       f"{FLAGS.checkpoint} holds a class-conditional model.")
+    path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
+               batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
+               online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)
   if path:
     print(path)
 

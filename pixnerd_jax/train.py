@@ -5,6 +5,7 @@ with every checkpoint, so a run restarted from any checkpoint replays exactly th
 same steps as an uninterrupted one.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -287,6 +288,20 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+@contextlib.contextmanager
+def _closed_on_error(manager):
+  """On an error in the loop, lets the checkpoint writes in flight finish (or fail)
+  quietly: the error raised says what went wrong."""
+  try:
+    yield
+  except BaseException:
+    try:
+      manager.close()
+    except Exception as e:  # pylint: disable=broad-except  # the save that failed, again
+      logging.debug("Closing the checkpoint manager after an error: %s", e)
+    raise
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
@@ -318,9 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_iter = data_lib.create_train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed, **tokenizer)
   manager = checkpoint.create_manager(workdir, config)
-  restored_step = manager.latest_step()
+  restored_step, state, train_iter = checkpoint.restore_latest(manager, state, train_iter)
   if restored_step is not None:
-    state, train_iter = checkpoint.restore(manager, restored_step, state, train_iter)
     logging.info("Resumed from the checkpoint of step %d.", restored_step)
   elif config.init_from:
     _, params = checkpoint.load_params(config.init_from)
@@ -346,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   history, pending_losses, skipped = [], [], 0
   data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
   step = initial_step
-  with _Preemption() as preemption, sharding.activate(mesh):
+  with _Preemption() as preemption, sharding.activate(mesh), _closed_on_error(manager):
     for step in range(initial_step + 1, config.num_train_steps + 1):
       wait_start = time.perf_counter()
       local_batch = next(train_iter)
@@ -383,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if config.eval_every and step % config.eval_every == 0 and not last:
         evaluator.evaluate(step, state.ema_params, config.eval_num_samples)
 
-  manager.wait_until_finished()
+  checkpoint.wait_until_saved(manager, step)
   if step == config.num_train_steps and not preemption.requested:
     if config.final_eval_num_samples:
       evaluator.evaluate(step, state.ema_params, config.final_eval_num_samples, final=True)
@@ -397,7 +411,7 @@ def _check_finite(pending: list, manager) -> None:
   bad = _first_nonfinite(pending)
   pending.clear()
   if bad is not None:
-    manager.wait_until_finished()
+    checkpoint.wait_until_saved(manager)
     last_good = manager.latest_step()
     raise NonFiniteLossError(
         f"Non-finite loss at step {bad}; training stopped. The last good checkpoint is "
