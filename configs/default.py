@@ -79,9 +79,10 @@ def get_config():
   # stand_in = True: a small Qwen3-architecture network with fixed random weights and a
   # tokenizer built from the training captions, saved to <workdir>/text_encoder (the
   # embedded digits job; it runs offline). Captions become max_length tokens.
+  # stand_in_init_std: the std of the stand-in's normal init (Hugging Face's default 0.02).
   config.text_encoder = ml_collections.ConfigDict(dict(
-      path="", stand_in=False, stand_in_layers=2, dtype="bfloat16", max_length=128,
-      caption_dropout=0.1))
+      path="", stand_in=False, stand_in_layers=2, stand_in_init_std=0.02,
+      dtype="bfloat16", max_length=128, caption_dropout=0.1))
 
   # Sampler used for image grids and evaluation (EMA weights).
   config.sampling = ml_collections.ConfigDict(dict(

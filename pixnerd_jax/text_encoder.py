@@ -441,27 +441,32 @@ def load_for_run(text_encoder_config, txt_embed_dim: int, workdir: str | None = 
 
 
 def stand_in_config(hidden_size: int, vocab_size: int, num_layers: int,
-                    max_length: int) -> qwen3.Qwen3Config:
+                    max_length: int, init_std: float = 0.02) -> qwen3.Qwen3Config:
   """A small Qwen3 architecture for stand-in encoders: head dim 16, half as many kv heads."""
   heads = max(2, hidden_size // 16)
   return qwen3.Qwen3Config(
       vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=3 * hidden_size,
       num_hidden_layers=num_layers, num_attention_heads=heads,
       num_key_value_heads=max(1, heads // 2), head_dim=hidden_size // heads,
-      max_position_embeddings=max(max_length, 128), rope_theta=10000.0)
+      max_position_embeddings=max(max_length, 128), rope_theta=10000.0,
+      initializer_range=init_std)
 
 
 def create_stand_in(folder: str, vocabulary: Iterable[str], *, hidden_size: int,
-                    num_layers: int, max_length: int, seed: int) -> None:
+                    num_layers: int, max_length: int, seed: int,
+                    init_std: float = 0.02) -> None:
   """Writes a stand-in encoder to `folder`: a word-level tokenizer over `vocabulary` and
-  a Qwen3-architecture network with fixed random weights (HF's init, `seed`).
+  a Qwen3-architecture network with fixed random weights (normal(init_std), `seed`).
 
   The real code path runs on it (tokenizer.json, safetensors, the same Flax Qwen3), only
-  the weights are not pretrained; it lets the embedded digits job run offline.
+  the weights are not pretrained; it lets the embedded digits job run offline. A smaller
+  init_std keeps each token's own embedding dominant over what random attention mixes
+  in from its neighbours (that mixing grows as init_std squared, the embedding as
+  init_std), so a word means nearly the same thing in any phrasing.
   """
   tokenizer = word_level_tokenizer(vocabulary)
   config = stand_in_config(hidden_size, tokenizer.get_vocab_size(with_added_tokens=True),
-                           num_layers, max_length)
+                           num_layers, max_length, init_std)
   encoder, params = TextEncoder.random(config, tokenizer, seed, dtype="float32",
                                        max_length=max_length)
   encoder.save_pretrained(folder, params)
@@ -482,7 +487,7 @@ def for_training(config, workdir: str):
       create_stand_in(folder, data_lib.caption_vocabulary(config.data),
                       hidden_size=config.model.txt_embed_dim,
                       num_layers=int(te.stand_in_layers), max_length=int(te.max_length),
-                      seed=config.seed)
+                      seed=config.seed, init_std=float(te.get("stand_in_init_std", 0.02)))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices("text encoder stand-in written")

@@ -128,6 +128,8 @@ def _validate_text_encoder(config: ml_collections.ConfigDict) -> None:
   _check(te.max_length == m.txt_max_length, "text_encoder.max_length", te.max_length,
          f"captions must have as many tokens as model.txt_max_length={m.txt_max_length} "
          "(the model's learned text positions)", "make the two equal")
+  _check(te.get("stand_in_init_std", 0.02) > 0, "text_encoder.stand_in_init_std",
+         te.get("stand_in_init_std"), "must be positive", "Hugging Face's default is 0.02")
   _check(te.dtype in ("float32", "bfloat16"), "text_encoder.dtype", te.dtype,
          "unknown dtype", "use 'bfloat16' (the reference) or 'float32'")
   _check(0.0 <= te.caption_dropout < 1.0, "text_encoder.caption_dropout",

@@ -8,6 +8,7 @@ stand-in cannot be made here (e.g. the reference fixtures are absent).
 """
 
 import io
+import json
 import pathlib
 import re
 import shutil
@@ -23,11 +24,12 @@ from tests import conftest
 OFFICIAL_STAND_IN = dict(in_channels=3, patch_size=16, hidden_size=32, num_groups=2,
                          hidden_size_x=8, nerf_mlpratio=2, num_blocks=9, num_cond_blocks=8,
                          num_classes=1000, max_freqs=8)
-# A text-to-image stand-in official checkpoint (tiny; nothing reads its conversion yet).
+# A text-to-image stand-in official checkpoint (tiny, but reading 128 text tokens as the
+# released XXL/16 does, so the documented Qwen3 max_length of 128 applies to it).
 OFFICIAL_T2I_STAND_IN = dict(in_channels=3, patch_size=16, num_groups=2, hidden_size=32,
                              hidden_size_x=8, nerf_mlpratio=2, num_blocks=3, num_cond_blocks=2,
                              max_freqs=8, conditioning="text", txt_embed_dim=32,
-                             txt_max_length=16, num_text_blocks=1)
+                             txt_max_length=128, num_text_blocks=1)
 DATASET_SIZE = 256  # the ImageNet configs' global batch: a dataset needs one batch at least
 T2I_DATASET_SIZE = 768  # configs/t2i_pretrain256.py's global batch
 
@@ -196,6 +198,56 @@ def digits_workdir(path: pathlib.Path) -> bool:
   checkpoint.save(manager, 1, state.replace(step=state.step + 1), iterator)
   manager.wait_until_finished()
   manager.close()
+  return True
+
+
+def digits_t2i_workdir(path: pathlib.Path) -> bool:
+  """A training workdir of configs/digits_t2i.py with one checkpoint (step 1, random
+  params) and the stand-in text encoder that training writes to <workdir>/text_encoder."""
+  from configs import digits_t2i  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import checkpoint, data, models, text_encoder, train  # pylint: disable=g-import-not-at-top
+  config = digits_t2i.get_config()
+  te = config.text_encoder
+  text_encoder.create_stand_in(str(path / text_encoder.STAND_IN_DIR),
+                               data.caption_vocabulary(config.data),
+                               hidden_size=config.model.txt_embed_dim,
+                               num_layers=te.stand_in_layers, max_length=te.max_length, seed=0)
+  encoder, _ = text_encoder.load_for_run(te, config.model.txt_embed_dim, str(path))
+  tx, _ = train.create_optimizer(config)
+  rng = np.random.default_rng(7)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32),
+                        models.param_shapes(train.create_model(config)))
+  state = train.create_train_state(params, tx)
+  iterator = data.create_train_iterator(config.data, global_batch_size=config.batch_size,
+                                        seed=config.seed, tokenizer=encoder)
+  manager = checkpoint.create_manager(str(path), config)
+  checkpoint.save(manager, 1, state.replace(step=state.step + 1), iterator)
+  manager.wait_until_finished()
+  manager.close()
+  return True
+
+
+def prompt_file(path: pathlib.Path) -> bool:
+  """A --prompts file: one prompt a line."""
+  path.write_text("a photo of a cat\n\na red car parked by the sea\n")
+  return True
+
+
+def geneval_metadata(path: pathlib.Path) -> bool:
+  """GenEval's evaluation_metadata.jsonl: one JSON object with a "prompt" a line."""
+  rows = [{"tag": "single_object", "include": [{"class": "cat", "count": 1}],
+           "prompt": "a photo of a cat"},
+          {"tag": "color_attr", "include": [{"class": "car", "count": 1, "color": "red"}],
+           "prompt": "a photo of a red car"}]
+  path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+  return True
+
+
+def dpg_prompt_folder(path: pathlib.Path) -> bool:
+  """DPG-Bench's dpg_bench/prompts/: <name>.txt, one prompt each."""
+  path.mkdir(parents=True, exist_ok=True)
+  for name, prompt in (("cat", "a photo of a cat"), ("car", "a red car by the sea")):
+    (path / f"{name}.txt").write_text(prompt + "\n")
   return True
 
 

@@ -77,6 +77,21 @@ def test_verify_command_fails_on_a_wrong_sampler_run(samplers_fixture, c2i_fixtu
     assert "FAIL" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("drop", ["weights", "runs"])
+def test_verify_command_rejects_a_file_that_is_not_a_fixture(samplers_fixture, tmp_path, capsys,
+                                                             drop):
+  fixture = _fixture(samplers_fixture)
+  if drop == "weights":
+    kept = {k: v for k, v in fixture.items() if not k.startswith("sd/")}
+  else:  # cfg_json names runs whose arrays are gone
+    kept = {k: v for k, v in fixture.items() if k.startswith("sd/") or k == "cfg_json"}
+  np.savez(tmp_path / "partial.npz", **kept)
+  assert convert.main(["verify", str(tmp_path / "partial.npz")]) == 2
+  err = capsys.readouterr().err
+  assert ("partial.npz" in err and "sd/*" in err) if drop == "weights" else (
+      "lacks its arrays" in err and "noise" in err)
+
+
 def test_converts_lightning_ckpt_ema_by_default_and_online_on_request(
     c2i_fixture, tmp_path):
   torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .ckpt files")

@@ -49,12 +49,14 @@ PLACEHOLDERS = {
     r"(?<==)/data/imagenet/train$": "{tmp}/imagenet/train",  # ImageNet-style image folder
     r"(?<==)/data/shards/\*\.tar$": "{tmp}/shards/*.tar",  # webdataset caption shards
     r"^\.\./shared/": "{shared}/",  # the reference fixtures beside the checkout
+    r"(?<==)ELLA/dpg_bench/prompts$": "{tmp}/dpg_prompts",  # DPG-Bench's prompt folder
 }
 # Made before the commands run, for the placeholders above: path under {tmp} -> maker.
 PLACEHOLDER_STAND_INS = {
     "tfds": doc_stand_ins.tfds_imagenet,
     "imagenet/train": doc_stand_ins.image_folder,
     "shards": doc_stand_ins.caption_tar_shards,
+    "dpg_prompts": doc_stand_ins.dpg_prompt_folder,
 }
 # Set for every command. configs/imagenet512.py reads TFDS's default data_dir.
 ENVIRONMENT = {"TFDS_DATA_DIR": "{tmp}/tfds"}
@@ -73,6 +75,10 @@ STAND_INS = {
     "samples/xl256/samples_50000x256x256x3.npz": doc_stand_ins.sample_npz,
     # The quick start's output (15 minutes of training), read by `sample`.
     "workdirs/digits": doc_stand_ins.digits_workdir,
+    "workdirs/digits_t2i": doc_stand_ins.digits_t2i_workdir,
+    # Text-to-image prompt sources: a prompt file, GenEval's metadata.
+    "prompts.txt": doc_stand_ins.prompt_file,
+    "evaluation_metadata_rephrased.jsonl": doc_stand_ins.geneval_metadata,
 }
 
 
@@ -172,8 +178,10 @@ def documented_commands() -> list[Command]:
           logical += raw.rstrip()[:-1] + " "
           continue
         logical += raw
-        stripped = " ".join(shlex.split(logical, comments=True)) if logical.strip() else ""
-        for part in re.split(r"\s*&&\s*", stripped):
+        tokens = shlex.split(logical, comments=True) if logical.strip() else []
+        # Split at `&&` tokens; shlex.join keeps quoted arguments whole (--prompt="a cat").
+        parts = " ".join("\0" if t == "&&" else shlex.quote(t) for t in tokens).split(" \0 ")
+        for part in parts:
           if part.startswith(PREFIX):
             commands.append(Command(doc, start, part))
         logical, start = "", None

@@ -32,6 +32,16 @@ TRAIN_TEMPLATES = (
     '{word}',
     '{digit}',
     'a scanned {word}, written by hand',
+    # Longer ones that put the digit later, after words it must learn to look past: the
+    # short ones alone leave the model lost when a held-out prefix comes first.
+    'a black and white photo of the number {word}',
+    'an old scan of a handwritten {digit}',
+    'here is the digit {word}, drawn with a pen',
+    'a blurry handwritten number {digit}',
+    'someone wrote the number {word} on paper',
+    'a grey image showing the handwritten digit {word}',
+    'the figure {digit}',
+    'a quick sketch of a {word}',
 )
 
 HELD_OUT_TEMPLATES = (
