@@ -40,7 +40,8 @@ def get(name: str = "XL/16", **overrides) -> ml_collections.ConfigDict:
       max_freqs=8,
       # Compute dtype; params and optimizer state stay float32.
       dtype="float32",
-      # None: XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16).
+      # None: XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16); "splash": the
+      # Pallas splash kernel (TPU; recommended at 512 px and for t2i).
       attention_implementation=None,
       # Backward-pass recomputation: none | decoder | blocks | dots_saveable.
       remat_policy="none",

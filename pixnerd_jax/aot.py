@@ -290,7 +290,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if config.repa.enabled and not config.repa.dino_checkpoint:
     config = ml_collections.ConfigDict(config.to_dict())
     config.repa.dino_checkpoint = "<ViT-B/14 shapes>"
-  validation.validate_config(config)
+  validation.validate_config(config, platform="tpu")
 
 
 def main(argv):

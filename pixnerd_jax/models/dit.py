@@ -1,9 +1,9 @@
 """The DiT trunk block of the class-conditional PixNerd (spec 1.3)."""
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from pixnerd_jax.models import attention
 from pixnerd_jax.models import layers
 from pixnerd_jax.models.rope import apply_rope
 
@@ -17,7 +17,7 @@ class Attention(nn.Module):
 
   Attributes:
     num_heads: number of heads; head dim = D / num_heads.
-    implementation: passed to jax.nn.dot_product_attention (None = XLA, "cudnn").
+    implementation: None (XLA), "cudnn" (GPU) or "splash" (TPU); see attention.py.
   """
   num_heads: int
   implementation: str | None = None
@@ -38,7 +38,7 @@ class Attention(nn.Module):
     k = layers.RMSNorm(name="k_norm", **kw)(k)
     q = apply_rope(q, rope_angles)
     k = apply_rope(k, rope_angles)
-    attended = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    attended = attention.dot_product_attention(q, k, v, implementation=self.implementation)
     attended = attended.reshape(batch, length, dim)
     return layers.torch_dense(dim, dim, axes=("heads", "embed"), name="proj", **kw)(attended)
 
