@@ -268,12 +268,13 @@ def _worker(side: str, mode: str, args, conn):
       request = conn.recv()
       if request is None:
         break
-      times = []
+      times, cpu = [], []
       for _ in range(request):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
-      conn.send(times)
+        cpu.append(time.process_time() - cpu_start)
+      conn.send((times, cpu))
     peak_steps_gib = _status_kib("VmHWM") / 2**20
     conn.send((peak_steps_gib if reset else None, max(peak_before_gib, peak_steps_gib)))
   except Exception as e:  # pylint: disable=broad-except
@@ -292,7 +293,8 @@ class Side:
     self.process.start()
     reply = self._recv()
     _, self.desc, self.first_s = reply
-    self.times = []   # per round, a list of step seconds
+    self.times = []   # per round, a list of step seconds (wall)
+    self.cpu = []     # per round, a list of step seconds of CPU time (all threads)
 
   def _recv(self):
     reply = self.conn.recv()
@@ -303,8 +305,9 @@ class Side:
 
   def run(self, repeats: int) -> list[float]:
     self.conn.send(repeats)
-    times = self._recv()
+    times, cpu = self._recv()
     self.times.append(times)
+    self.cpu.append(cpu)
     return times
 
   def close(self):
@@ -329,7 +332,8 @@ def run_mode(mode: str, args) -> dict:
     for side in sides:
       times = side.run(args.repeats)
       line.append(f"{side.name} {statistics.median(times) * 1e3:7.1f} ms "
-                  f"{_img_s(args.batch, times):6.2f} img/s")
+                  f"{_img_s(args.batch, times):6.2f} img/s (CPU "
+                  f"{statistics.median(side.cpu[-1]) * 1e3:.0f} ms)")
     if len(sides) == 2:
       ratio = _img_s(args.batch, sides[0].times[-1]) / _img_s(args.batch, sides[1].times[-1])
       line.append(f"ratio {ratio:.2f}x")
