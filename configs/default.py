@@ -5,6 +5,7 @@
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import models
 
@@ -20,11 +21,20 @@ def get_config():
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   config.data = ml_collections.ConfigDict(dict(
-      name="digits",          # digits | tfds | folder
+      # Class-labelled: digits | tfds | folder. Captioned (text-to-image):
+      # digits_captions | caption_folder | caption_tar | tfds_captions.
+      name="digits",
       tfds_name="imagenet2012",
-      data_dir=None,          # TFDS data_dir
+      # TFDS data_dir; unset (None): TFDS's default (~/tensorflow_datasets).
+      data_dir=config_dict.placeholder(str),
       split="train",
-      folder="",              # root/<class>/*.jpg for name=folder
+      folder="",              # root/<class>/*.jpg (folder); root/**/x.jpg + x.txt (caption_folder)
+      tar_shards="",          # caption_tar: glob of webdataset .tar shards, e.g. /data/x-*.tar
+      caption_field="caption",  # caption_tar: key.json field (else "caption", "text", "prompt")
+      index_cache_dir="",     # caption_tar: where shard indices go when the shard's folder is
+                              # read-only ("" = ~/.cache/pixnerd_jax/tar_index)
+      image_feature="image",  # tfds_captions: the image and caption features
+      text_feature="caption",
       resolution=32,
       random_flip=False,      # the reference does not flip
       shuffle=True,
@@ -64,14 +74,28 @@ def get_config():
   config.repa = ml_collections.ConfigDict(dict(enabled=False, align_layer=8, weight=0.5,
                                                dino_checkpoint=""))
 
+  # The frozen text encoder of text-to-image models (model.conditioning = "text").
+  # path: a local Hugging Face Qwen3 folder (Qwen/Qwen3-1.7B for XXL/16), or "" with
+  # stand_in = True: a small Qwen3-architecture network with fixed random weights and a
+  # tokenizer built from the training captions, saved to <workdir>/text_encoder (the
+  # embedded digits job; it runs offline). Captions become max_length tokens.
+  config.text_encoder = ml_collections.ConfigDict(dict(
+      path="", stand_in=False, stand_in_layers=2, dtype="bfloat16", max_length=128,
+      caption_dropout=0.1))
+
   # Sampler used for image grids and evaluation (EMA weights).
   config.sampling = ml_collections.ConfigDict(dict(
+      sampler="euler",        # euler | heun | adamlm
+      order=2,                # adamlm order (1-4)
       num_steps=50,
       guidance=2.0,
       guidance_interval_min=0.1,
       guidance_interval_max=1.0,
       timeshift=1.0,
-      last_step=None,
+      last_step=config_dict.placeholder(float),  # unset: 1 / num_steps
+      # Text models: ';'-separated prompts for the sample grids (digits_captions: held-out
+      # captions when empty).
+      prompts="",
   ))
 
   config.log_every = 50

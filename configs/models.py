@@ -1,10 +1,12 @@
 """Model presets. Field names follow the reference constructor (PixNerDiT).
 
-L/16 and XL/16 are the released ImageNet models; S and B are our smaller settings with
-the same block layout; tiny is for tests.
+L/16 and XL/16 are the released ImageNet models and XXL/16 the released text-to-image
+one (spec 7.1); S and B are our smaller settings with the same block layout; tiny and
+tiny_t2i are for tests.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 _PRESETS = {
     # name: (patch_size, hidden_size, num_groups, hidden_size_x, num_blocks, num_cond_blocks)
@@ -14,6 +16,14 @@ _PRESETS = {
     "B/16": (16, 768, 12, 64, 12, 10),
     "L/16": (16, 1024, 16, 64, 24, 22),
     "XL/16": (16, 1152, 16, 64, 30, 26),
+    "tiny_t2i": (4, 32, 2, 8, 3, 2),
+    "XXL/16": (16, 1536, 24, 64, 18, 16),
+}
+# Text-to-image presets: name -> (txt_embed_dim, txt_max_length, num_text_blocks). The
+# text encoder's hidden size is txt_embed_dim (Qwen3-1.7B: 2048).
+_TEXT = {
+    "tiny_t2i": (32, 16, 1),
+    "XXL/16": (2048, 128, 4),
 }
 
 
@@ -38,16 +48,21 @@ def get(name: str = "XL/16", **overrides) -> ml_collections.ConfigDict:
       num_cond_blocks=cond_blocks,
       num_classes=1000,
       max_freqs=8,
+      # "class" (labels) or "text" (text-encoder features; the t2i presets).
+      conditioning="class",
       # Compute dtype; params and optimizer state stay float32.
       dtype="float32",
-      # None: XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16); "splash": the
-      # Pallas splash kernel (TPU; recommended at 512 px and for t2i).
-      attention_implementation=None,
+      # Unset (None) or "xla": XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16);
+      # "splash": the Pallas splash kernel (TPU; recommended at 512 px and for t2i).
+      attention_implementation=config_dict.placeholder(str),
       # Backward-pass recomputation: none | decoder | blocks | dots_saveable.
       remat_policy="none",
       # One nn.scan over the DiT blocks (stacked params): compiles one block, not 26.
       scan_blocks=False,
   ))
+  if name in _TEXT:
+    cfg.conditioning = "text"
+    cfg.txt_embed_dim, cfg.txt_max_length, cfg.num_text_blocks = _TEXT[name]
   for key, value in overrides.items():
     cfg[key] = value
   return cfg

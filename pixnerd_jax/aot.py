@@ -24,12 +24,16 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
+from pixnerd_jax import cli
+from pixnerd_jax import console
 from pixnerd_jax import models
 from pixnerd_jax import repa
+from pixnerd_jax import text_encoder
 from pixnerd_jax import sharding
 from pixnerd_jax import train
 from pixnerd_jax import validation
 from pixnerd_jax.models import dinov2
+from pixnerd_jax.models import qwen3
 
 FLAGS = flags.FLAGS
 
@@ -45,6 +49,9 @@ def _define_flags() -> None:
   flags.DEFINE_float("step_time_s", None, "A measured step time; prints the FLOP "
                      "utilisation it implies.")
   flags.DEFINE_float("hbm_gib", None, "Override the chip's HBM (GiB) for the fit check.")
+  flags.DEFINE_bool("dry_run", False, "Build the slice's devices, the mesh and the train "
+                    "program and lower the step, but skip XLA's compile (minutes for XL): "
+                    "checks the config and topology in seconds; no memory or FLOPs.")
   flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -126,19 +133,22 @@ def _with_shardings(shapes, shardings):
 
 def abstract_batch(config: ml_collections.ConfigDict, program: train.TrainProgram):
   """The global batch the trainer feeds the step, as sharded shapes: float32 images
-  (and REPA's raw images), int32 labels."""
+  (and REPA's raw images), int32 labels or caption tokens and mask."""
   res, channels = config.data.resolution, config.model.in_channels
+  tokens = (config.batch_size, config.text_encoder.max_length)
   shapes = {"image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels), jnp.float32),
             "raw_image": jax.ShapeDtypeStruct((config.batch_size, res, res, channels),
                                               jnp.float32),
-            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)}
+            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+            "input_ids": jax.ShapeDtypeStruct(tokens, jnp.int32),
+            "attention_mask": jax.ShapeDtypeStruct(tokens, jnp.int32)}
   return {key: _with_shardings(shapes[key], program.batch_sharding)
           for key in program.batch_keys}
 
 
 @dataclasses.dataclass
 class Compiled:
-  compiled: jax.stages.Compiled
+  compiled: jax.stages.Compiled | None  # None: lowered only (--dry_run)
   mesh: jax.sharding.Mesh
   num_params: int
   lower_seconds: float    # tracing to StableHLO (Python)
@@ -160,19 +170,45 @@ def _dino_shapes(config: ml_collections.ConfigDict):
                                   dinov2.param_shapes(dino_model))
 
 
-def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
+def _text_encoder_shapes(config: ml_collections.ConfigDict):
+  """(TextEncoder, param shapes) of a text model, or (None, None). Without
+  config.text_encoder.path it is Qwen3-1.7B's architecture (the reference's) with a
+  placeholder tokenizer: only shapes are compiled against, so no weights are needed."""
+  if config.model.get("conditioning", "class") != "text":
+    return None, None
+  te = config.text_encoder
+  dtype = jnp.bfloat16 if te.dtype == "bfloat16" else jnp.float32
+  if te.path:
+    qwen_config = text_encoder.read_config(te.path)
+    tokenizer, pad_id = text_encoder.load_tokenizer(te.path)
+  else:
+    qwen_config = qwen3.QWEN3_1_7B
+    tokenizer = text_encoder.word_level_tokenizer([""])
+    pad_id = 0
+  model = qwen3.Qwen3Model(qwen_config, dtype=dtype, param_dtype=dtype)
+  encoder = text_encoder.TextEncoder(model, tokenizer, pad_id, te.max_length,
+                                     embed_dim=config.model.txt_embed_dim)
+  return encoder, qwen3.param_shapes(model)
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices,
+                       compile_step: bool = True) -> Compiled:
   """Lowers and compiles the trainer's step (train.build_train_program) for `devices`.
 
   The state, batch and frozen (REPA encoder) params are ShapeDtypeStructs carrying the
   trainer's shardings, so nothing is allocated; the state is donated as in the trainer,
-  so its outputs alias its inputs.
+  so its outputs alias its inputs. compile_step=False stops after lowering.
   """
   if config.batch_size % len(devices):
     raise AotError(f"config.batch_size={config.batch_size} does not split over "
                    f"{len(devices)} chips; use a multiple of {len(devices)}.")
   mesh = sharding.create_mesh(config.mesh, devices=devices)
-  dino_model, frozen_shapes = _dino_shapes(config)
-  program = train.build_train_program(config, mesh, dino_model)
+  dino_model, dino_shapes = _dino_shapes(config)
+  encoder, text_shapes = _text_encoder_shapes(config)
+  program = train.build_train_program(config, mesh, dino_model, encoder)
+  frozen_shapes = {name: shapes for name, shapes in (("dino", dino_shapes),
+                                                     ("text", text_shapes))
+                   if shapes is not None}
   frozen = _with_shardings(frozen_shapes, sharding.replicated(mesh))
   start = time.perf_counter()
   with sharding.activate(mesh):  # activation constraints need the mesh and rules
@@ -180,7 +216,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices) -> Compiled:
         _with_shardings(program.state_shapes, program.state_sharding),
         abstract_batch(config, program), frozen)
   lowered_at = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile() if compile_step else None
   return Compiled(compiled, mesh, models.count_params(program.state_shapes.params),
                   lower_seconds=lowered_at - start,
                   compile_seconds=time.perf_counter() - lowered_at)
@@ -247,7 +283,7 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   mem = memory_per_chip(result.compiled)
   res = config.data.resolution
   print(f"topology        {topology} ({devices[0].device_kind}, {chips} chips, {hosts} hosts)")
-  print(f"mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
+  print("mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
   print(f"model           {config.model.get('preset', '?')} {config.model.dtype}, "
         f"{result.num_params:,} params, remat_policy={config.model.remat_policy}, "
         f"REPA {'on' if config.repa.enabled else 'off'}")
@@ -284,40 +320,58 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
   return mem["total"] / GIB
 
 
+def _report_dry_run(topology, devices, config, result: Compiled) -> None:
+  print(f"topology        {topology} ({devices[0].device_kind}, {len(devices)} chips)")
+  print("mesh            " + " ".join(f"{k}={v}" for k, v in result.mesh.shape.items()))
+  print(f"model           {config.model.get('preset', '?')} {config.model.dtype}, "
+        f"{result.num_params:,} params, REPA {'on' if config.repa.enabled else 'off'}")
+  print(f"batch           {config.batch_size} global, {config.batch_size // len(devices)} "
+        "per chip")
+  print(f"dry run         the step lowered in {result.lower_seconds:.1f} s; XLA's compile "
+        "skipped, so no memory or FLOPs: run without --dry_run for those")
+
+
 def _validate(config: ml_collections.ConfigDict) -> None:
   """The trainer's checks, except that REPA may go without its DINOv2 weights: only their
   shapes are compiled against (ViT-B/14 unless config.repa.dino_checkpoint names others)."""
+  config = ml_collections.ConfigDict(config.to_dict())
   if config.repa.enabled and not config.repa.dino_checkpoint:
-    config = ml_collections.ConfigDict(config.to_dict())
     config.repa.dino_checkpoint = "<ViT-B/14 shapes>"
+  if config.model.get("conditioning", "class") == "text" and not config.text_encoder.path:
+    config.text_encoder.stand_in = True  # Qwen3-1.7B shapes stand in for the weights
+    if config.data.name != "digits_captions":
+      config.data.name = "digits_captions"  # only the captioned kind matters here
   validation.validate_config(config, platform="tpu")
 
 
+@console.entry_point(known=(AotError, validation.ConfigError), code=2)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_start()
   config = FLAGS.config
-  try:
-    _validate(config)
+  _validate(config)
+  with console.libtpu_noise_filtered():
     generation, devices = topology_devices(FLAGS.topology)
-    hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
-    try:
-      result = compile_train_step(config, devices)
-    except jax.errors.JaxRuntimeError as e:
-      oom = _oom_gib(str(e))
-      if oom is None:
-        raise
-      print(str(e).splitlines()[0], file=sys.stderr)  # XLA's own account
-      print(does_not_fit_message(oom[0], oom[1], config.batch_size // len(devices)),
-            file=sys.stderr)
-      sys.exit(1)
-  except (AotError, validation.ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  hbm_gib = FLAGS.hbm_gib or CHIPS[generation].hbm_gib
+  if FLAGS.dry_run:
+    _report_dry_run(FLAGS.topology, devices, config,
+                    compile_train_step(config, devices, compile_step=False))
+    return 0
+  try:
+    result = compile_train_step(config, devices)
+  except jax.errors.JaxRuntimeError as e:
+    oom = _oom_gib(str(e))
+    if oom is None:
+      raise
+    print("error: " + does_not_fit_message(oom[0], oom[1], config.batch_size // len(devices)),
+          file=sys.stderr)
+    print(f"(XLA: {console.summary(e, 300)})", file=sys.stderr)  # XLA's own account
+    return 1
   total = _report(FLAGS.topology, generation, devices, config, result, hbm_gib,
                   FLAGS.step_time_s)
   if total > hbm_gib:
-    print(does_not_fit_message(total, hbm_gib, config.batch_size // len(devices)),
+    print("error: " + does_not_fit_message(total, hbm_gib, config.batch_size // len(devices)),
           file=sys.stderr)
     sys.exit(1)
   print(f"fits            {total:.2f} of {hbm_gib:g} GiB per chip")
@@ -330,9 +384,12 @@ def _compile_only_environment() -> None:
   the topology call fail ('multi-process lockfile')."""
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   jax.config.update("jax_platforms", "cpu")
+  # A persistent cache (JAX_COMPILATION_CACHE_DIR) cannot load executables compiled for
+  # devices that are not there; JAX would warn at every run.
+  jax.config.update("jax_enable_compilation_cache", False)
 
 
 if __name__ == "__main__":
   _compile_only_environment()
   _define_flags()
-  app.run(main)
+  cli.run(main)

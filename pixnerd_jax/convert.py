@@ -12,13 +12,16 @@ import json
 import os
 import re
 import sys
+import zipfile
 from typing import Any, Mapping
 
+from absl import logging
 import jax
 import numpy as np
 from flax import traverse_util
 
 from pixnerd_jax import checkpoint
+from pixnerd_jax import console
 from pixnerd_jax import models
 from pixnerd_jax.diffusion import samplers
 
@@ -54,9 +57,9 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors come in many types
       raise ConversionError(
-          f"Could not read {path} as a torch checkpoint with weights_only=True ({e}). "
-          "The file is corrupt, or it holds Python objects beyond tensors; re-save its "
-          "state_dict with torch.save(model.state_dict(), ...).") from e
+          f"Could not read {path} as a torch checkpoint with weights_only=True: the file is "
+          "corrupt, or it holds Python objects beyond tensors; re-save its state_dict with "
+          f"torch.save(model.state_dict(), ...). ({console.summary(e, 200)})") from e
     if isinstance(obj, Mapping) and "state_dict" in obj:
       obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -64,16 +67,24 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
   if ext == ".safetensors":
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    try:
+      return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    except Exception as e:  # safetensors raises its own error type for damaged headers
+      raise ConversionError(f"Could not read {path} as safetensors: the file is damaged or "
+                            f"incomplete; download it again. ({console.summary(e, 200)})") from e
   if ext == ".npz":
-    with np.load(path, allow_pickle=False) as data:
-      out = {}
-      for k in data.files:
-        if k.startswith("sd/"):
-          out[k[3:]] = np.asarray(data[k], np.float32)
-        elif data[k].dtype.kind == "f" and not _is_fixture_array(k):
-          out[k] = np.asarray(data[k], np.float32)
-      return out
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        out = {}
+        for k in data.files:
+          if k.startswith("sd/"):
+            out[k[3:]] = np.asarray(data[k], np.float32)
+          elif data[k].dtype.kind == "f" and not _is_fixture_array(k):
+            out[k] = np.asarray(data[k], np.float32)
+        return out
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+      raise ConversionError(f"Could not read {path} as .npz: the file is damaged or "
+                            f"incomplete; write it again. ({console.summary(e, 200)})") from e
   raise ConversionError(
       f"Unsupported checkpoint extension {ext!r} for {path}: expected .ckpt, .pt, .pth, "
       ".safetensors or .npz.")
@@ -109,6 +120,8 @@ def flax_path(torch_key: str, ndim: int) -> tuple[str, ...]:
   joins the name before it; a 2-D `weight` is a Dense kernel, a 1-D one an RMSNorm weight.
   """
   parts = torch_key.split(".")
+  if len(parts) == 1:  # a parameter of the model itself, e.g. t2i's y_pos_embedding
+    return (torch_key,)
   names: list[str] = []
   for part in parts[:-1]:
     if part.isdigit() and names:
@@ -130,20 +143,31 @@ def to_flax_array(torch_key: str, value: np.ndarray) -> np.ndarray:
 
 
 def infer_model_config(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """Reads the architecture off the key shapes of a (prefix-free) denoiser state_dict."""
+  """Reads the architecture off the key shapes of a (prefix-free) denoiser state_dict.
+
+  A `y_pos_embedding` key marks the text-to-image model (spec 3.3), a label table the
+  class-conditional one.
+  """
+  text = "y_pos_embedding" in state_dict
   try:
     hidden_size, patch_features = state_dict["s_embedder.proj.weight"].shape
     hidden_size_x, embed_in = state_dict["x_embedder.embedder.0.weight"].shape
     in_channels = state_dict["final_layer.linear.weight"].shape[0]
-    num_classes = state_dict["y_embedder.embedding_table.weight"].shape[0] - 1
+    if text:
+      txt_max_length = state_dict["y_pos_embedding"].shape[1]
+      txt_embed_dim = state_dict["y_embedder.proj.weight"].shape[1]
+    else:
+      num_classes = state_dict["y_embedder.embedding_table.weight"].shape[0] - 1
   except KeyError as e:
+    kind = "text-to-image" if text else "class-conditional"
     raise ConversionError(
-        f"Not a PixNerd class-conditional state_dict: key {e.args[0]!r} is missing.") from e
+        f"Not a PixNerd {kind} state_dict: key {e.args[0]!r} is missing.") from e
   patch_size = int(round((patch_features / in_channels) ** 0.5))
   max_freqs = int(round((embed_in - in_channels) ** 0.5))
   block_ids = sorted({int(m.group(1)) for k in state_dict
                       if (m := re.match(r"blocks\.(\d+)\.", k))})
-  dit_ids = [i for i in block_ids if f"blocks.{i}.attn.qkv.weight" in state_dict]
+  dit_ids = [i for i in block_ids if f"blocks.{i}.attn.qkv.weight" in state_dict
+             or f"blocks.{i}.attn.qkv_x.weight" in state_dict]
   nerf_ids = [i for i in block_ids if f"blocks.{i}.param_generator1.0.weight" in state_dict]
   if not dit_ids or dit_ids != list(range(len(dit_ids))):
     raise ConversionError(f"DiT blocks must be numbered 0..n-1, found {dit_ids}.")
@@ -152,12 +176,17 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
   if nerf_ids:
     gen_rows = state_dict[f"blocks.{nerf_ids[0]}.param_generator1.0.weight"].shape[0]
     nerf_mlpratio = gen_rows // (2 * hidden_size_x * hidden_size_x)
-  return dict(
+  config = dict(
       in_channels=int(in_channels), patch_size=patch_size,
       num_groups=int(hidden_size // head_dim), hidden_size=int(hidden_size),
       hidden_size_x=int(hidden_size_x), nerf_mlpratio=int(nerf_mlpratio),
-      num_blocks=len(block_ids), num_cond_blocks=len(dit_ids),
-      num_classes=int(num_classes), max_freqs=max_freqs)
+      num_blocks=len(block_ids), num_cond_blocks=len(dit_ids), max_freqs=max_freqs)
+  if not text:
+    return dict(config, num_classes=int(num_classes))
+  text_ids = {int(m.group(1)) for k in state_dict
+              if (m := re.match(r"text_refine_blocks\.(\d+)\.", k))}
+  return dict(config, conditioning="text", txt_embed_dim=int(txt_embed_dim),
+              txt_max_length=int(txt_max_length), num_text_blocks=len(text_ids))
 
 
 def state_dict_to_params(state_dict: Mapping[str, np.ndarray], param_shapes) -> dict:
@@ -243,49 +272,122 @@ def convert_checkpoint(src: str, out: str, use_ema: bool = True) -> dict[str, An
   return model_cfg
 
 
-def verify_fixture(path: str, forward_tol: float = 1e-4, sample_tol: float = 1e-3) -> bool:
-  """Runs the converted model and the Euler sampler on a reference fixture.
+# The reference's heavy-decoder class spans pixel coordinates over 16 (its patch size)
+# whatever the patch size; fixtures with smaller patches need it stated.
+REFERENCE_HEAVY_DECODER_SPAN = 16.0
 
-  Prints the max absolute errors; returns whether both are within tolerance.
+
+def _nhwc(a):
+  return np.transpose(a, (0, 2, 3, 1))
+
+
+def _condition(array):
+  """Fixture labels (int64) -> int32; text features stay float32."""
+  array = np.asarray(array)
+  return array.astype(np.int32) if array.dtype.kind in "iu" else array.astype(np.float32)
+
+
+def fixture_sampler_runs(fixture: Mapping[str, np.ndarray], cfg: Mapping[str, Any],
+                         null_class) -> list[dict[str, Any]]:
+  """The sampler runs a fixture holds, in every official fixture format.
+
+  Returns a list of {name, settings (kwargs of samplers.sample), noise, cond, null,
+  expected}: the c2i fixture's Euler run (`sample_out`), the samplers fixture's
+  `out_<run>` for every run in cfg["runs"], the t2i fixture's AdamLM (`sample_out`) and
+  Euler (`euler_sample_out`) runs on text features.
   """
+  runs = []
+
+  def add(name, settings, expected_key, cond_key, null):
+    settings = dict(settings)
+    settings["exact_heun"] = settings.pop("exact_henu", settings.get("exact_heun", False))
+    kwargs = samplers.settings_from_config(settings)
+    if kwargs["sampler"] == "heun":
+      # The reference's Heun guides every call, whatever interval it is given.
+      kwargs["guidance_interval"] = (-np.inf, np.inf)
+    runs.append(dict(name=name, settings=kwargs, noise=_nhwc(fixture["noise"]),
+                     cond=_condition(fixture[cond_key]), null=null,
+                     expected=_nhwc(fixture[expected_key])))
+
+  if "runs" in cfg:
+    for name, settings in cfg["runs"].items():
+      add(name, settings, f"out_{name}", "labels", null_class)
+  elif "sample_cond_y" in fixture:
+    uncond = fixture["uncond_y"].astype(np.float32)
+    add("adamlm", dict(cfg["adamlm_sampler"], sampler="adamlm"), "sample_out",
+        "sample_cond_y", uncond)
+    add("euler", dict(cfg["euler_sampler"], sampler="euler"), "euler_sample_out",
+        "sample_cond_y", uncond)
+  elif "sample_out" in fixture:
+    add("euler", dict(cfg["sampler"], sampler="euler"), "sample_out", "labels", null_class)
+  return runs
+
+
+def verify_fixture(path: str, forward_tol: float = 1e-4, sample_tol: float = 1e-3) -> bool:
+  """Runs the converted model and the official samplers' settings on a reference fixture.
+
+  Handles the c2i fixture (forward + Euler), the samplers fixture (Euler, Heun, AdamLM
+  runs) and the t2i fixture (forward, heavy-decoder forward, AdamLM and Euler with text
+  CFG). Prints each max absolute error; returns whether all are within tolerance.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Fixture not found: {path}")
   with np.load(path, allow_pickle=False) as data:
     fixture = {k: data[k] for k in data.files}
+  missing = [k for k in ("cfg_json", "x", "t", "y", "out") if k not in fixture]
+  if missing or not any(k.startswith("sd/") for k in fixture):
+    raise ConversionError(
+        f"{path} is not a conversion fixture: it lacks {missing or ['sd/*']}; verify needs "
+        "sd/*, x, t, y, out and cfg_json (format: ../shared/reference/fixtures/README.md).")
   cfg = json.loads(str(fixture["cfg_json"]))
   state_dict = {k[3:]: v.astype(np.float32) for k, v in fixture.items() if k.startswith("sd/")}
-  model_cfg = dict(cfg["model"])
+  model_cfg = infer_model_config(state_dict)
   model = models.PixNerDiT(**model_cfg)
   params = state_dict_to_params(state_dict, models.param_shapes(model))
-  inferred = infer_model_config(state_dict)
-  for key, value in inferred.items():
+  for key, value in cfg.get("model", {}).items():
     if key in model_cfg and model_cfg[key] != value:
-      print(f"warning: cfg_json says {key}={model_cfg[key]}, the weights say {value}")
+      print(f"warning: cfg_json says {key}={value}, the weights say {model_cfg[key]}")
 
-  velocity = jax.jit(lambda x, t, y: model.apply({"params": params}, x, t, y))
-  nhwc = lambda a: np.transpose(a, (0, 2, 3, 1))
-  out = velocity(nhwc(fixture["x"]), fixture["t"].astype(np.float32),
-                 fixture["y"].astype(np.int32))
-  forward_err = float(np.max(np.abs(np.asarray(out) - nhwc(fixture["out"]))))
-  print(f"forward: max abs error {forward_err:.3e} (tolerance {forward_tol:g})")
-  ok = forward_err <= forward_tol
+  def velocity_of(m):
+    return jax.jit(lambda x, t, y: m.apply({"params": params}, x, t, y))
 
-  if "sample_out" in fixture:
-    s = cfg["sampler"]
-    sample = jax.jit(lambda noise, labels: samplers.euler_sample(
-        velocity, noise, labels, num_steps=s["num_steps"], guidance=s.get("guidance", 1.0),
-        guidance_interval=(s.get("guidance_interval_min", 0.0),
-                           s.get("guidance_interval_max", 1.0)),
-        timeshift=s.get("timeshift", 1.0), last_step=s.get("last_step"),
-        null_class=model.num_classes))
-    result = sample(nhwc(fixture["noise"]), fixture["labels"].astype(np.int32))
-    sample_err = float(np.max(np.abs(np.asarray(result) - nhwc(fixture["sample_out"]))))
-    print(f"euler sampler ({s['num_steps']} steps, cfg {s.get('guidance', 1.0)}): "
-          f"max abs error {sample_err:.3e} (tolerance {sample_tol:g})")
-    ok = ok and sample_err <= sample_tol
+  velocity = velocity_of(model)
+  ok = True
+
+  def report(name, err, tol):
+    nonlocal ok
+    print(f"{name}: max abs error {err:.3e} (tolerance {tol:g})")
+    ok = ok and err <= tol
+
+  if "out" in fixture:
+    out = velocity(_nhwc(fixture["x"]), fixture["t"].astype(np.float32),
+                   _condition(fixture["y"]))
+    report("forward", float(np.max(np.abs(np.asarray(out) - _nhwc(fixture["out"])))),
+           forward_tol)
+  if "heavy_out" in fixture:
+    scale = tuple(float(s) for s in fixture["heavy_scale"])
+    heavy = velocity_of(model.clone(decoder_patch_scaling=scale,
+                                    decoder_coordinate_span=REFERENCE_HEAVY_DECODER_SPAN))
+    out = heavy(_nhwc(fixture["heavy_x"]), fixture["heavy_t"].astype(np.float32),
+                _condition(fixture["heavy_y"]))
+    report(f"heavy-decoder forward (scale {scale})",
+           float(np.max(np.abs(np.asarray(out) - _nhwc(fixture["heavy_out"])))), forward_tol)
+  null_class = model_cfg.get("num_classes")
+  for run in fixture_sampler_runs(fixture, cfg, null_class):
+    s = run["settings"]
+    result = jax.jit(lambda noise, cond, null, s=s: samplers.sample(
+        velocity, noise, cond, null_class=null, **s))(run["noise"], run["cond"], run["null"])
+    err = float(np.max(np.abs(np.asarray(result) - run["expected"])))
+    report(f"{run['name']} sampler ({s['sampler']}, {s['num_steps']} steps, cfg "
+           f"{s['guidance']})", err, sample_tol)
   print("PASS" if ok else "FAIL")
   return ok
 
 
+@console.entry_point(known=(ConversionError, checkpoint.CheckpointError, OSError, ImportError,
+                       KeyError), code=2)
 def main(argv=None) -> int:
+  console.quiet_start()
   parser = argparse.ArgumentParser(prog="python -m pixnerd_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -298,20 +400,22 @@ def main(argv=None) -> int:
   which.add_argument("--online", dest="use_ema", action="store_false",
                      help="read denoiser.* (the online weights)")
   ver = sub.add_parser("verify", help="check a conversion against reference outputs")
-  ver.add_argument("fixture", help=".npz with sd/*, x, t, y, out[, noise, labels, sample_out]")
+  ver.add_argument("fixture", help="an official-code fixture .npz (c2i, samplers or t2i "
+                   "format; see ../shared/reference/fixtures/README.md)")
   ver.add_argument("--forward_tol", type=float, default=1e-4)
   ver.add_argument("--sample_tol", type=float, default=1e-3)
+  for command in (ckpt, ver):
+    command.add_argument("--verbose", action="store_true",
+                         help="print the full traceback of an error")
   args = parser.parse_args(argv)
-  try:
-    if args.command == "checkpoint":
-      model_cfg = convert_checkpoint(args.src, args.out, use_ema=args.use_ema)
-      n = models.count_params(checkpoint.load_params(args.out)[1])
-      print(f"wrote {args.out}: {n:,} params, model {json.dumps(model_cfg)}")
-      return 0
-    return 0 if verify_fixture(args.fixture, args.forward_tol, args.sample_tol) else 1
-  except (ConversionError, FileNotFoundError, ImportError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.verbose:
+    logging.set_verbosity(logging.DEBUG)
+  if args.command == "checkpoint":
+    model_cfg = convert_checkpoint(args.src, args.out, use_ema=args.use_ema)
+    n = models.count_params(checkpoint.load_params(args.out)[1])
+    print(f"wrote {args.out}: {n:,} params, model {json.dumps(model_cfg)}")
+    return 0
+  return 0 if verify_fixture(args.fixture, args.forward_tol, args.sample_tol) else 1
 
 
 if __name__ == "__main__":

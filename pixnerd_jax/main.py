@@ -3,15 +3,16 @@
 Starting again with the same workdir resumes from its latest checkpoint.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pixnerd_jax import cli
+from pixnerd_jax import console
 from pixnerd_jax import distributed
+from pixnerd_jax import dry_run
 from pixnerd_jax import train
 from pixnerd_jax.checkpoint import CheckpointError
 from pixnerd_jax.validation import ConfigError
@@ -25,19 +26,23 @@ flags.DEFINE_string("coordinator_address", None,
                     "and SLURM are detected without it.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_bool("dry_run", False,
+                  "Check and build everything the run needs (config, workdir, mesh, what it "
+                  "loads, the first batch, the train step traced on abstract inputs), print "
+                  "a summary with the memory per device of the train state, and exit.")
+flags.DEFINE_bool("dry_run_compile", False,
+                  "--dry_run that also compiles the train step for this backend and prints "
+                  "XLA's memory analysis per device (takes minutes for XL/16).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-class _QuietLibraries:
-  """Drops INFO records from Orbax's very chatty checkpoint logging."""
 
-  def filter(self, record) -> bool:
-    return record.levelno > 20 or "orbax" not in record.pathname
-
-
+@console.entry_point(known=(ConfigError, CheckpointError, train.NonFiniteLossError, OSError),
+                 oom_hint="lower --config.batch_size, set --config.model.remat_policy=blocks "
+                 "or shard over more devices (--config.mesh.fsdp=-1)")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_start()
   try:
     kind = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
@@ -47,14 +52,12 @@ def main(argv):
     logging.info("jax.distributed initialized (%s).", kind)
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, CheckpointError, train.NonFiniteLossError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if FLAGS.dry_run or FLAGS.dry_run_compile:
+    return dry_run.report_errors(dry_run.train, FLAGS.config, FLAGS.workdir,
+                                 compile_step=FLAGS.dry_run_compile)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  cli.run(main)

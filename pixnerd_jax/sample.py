@@ -13,6 +13,10 @@ complete chunks. Each JAX process takes every process_count-th chunk, its batche
 over its local devices. Finally process 0 streams the chunks into
 out/samples_NxHxWxC.npz (`arr_0` uint8 NHWC as the ADM evaluation suite reads it, `arr_1`
 labels) and writes a PNG grid.
+
+Text-to-image checkpoints (model.conditioning="text") sample prompts instead
+(pixnerd_jax/sample_t2i.py): --prompt / --prompts FILE, --geneval FILE or --dpg DIR, at
+any --height x --width.
 """
 
 import functools
@@ -33,9 +37,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from pixnerd_jax import checkpoint
+from pixnerd_jax import cli
+from pixnerd_jax import console
+from pixnerd_jax import dry_run
+from pixnerd_jax import sample_t2i
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
-from pixnerd_jax.models import build_model, param_shapes, params_for_model
+from pixnerd_jax.models import build_model, count_params, param_shapes, params_for_model
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/imagenet256.py.",
@@ -63,7 +71,24 @@ flags.DEFINE_float("last_step", None, "Size of the last step (default 1 / num_st
 flags.DEFINE_integer("order", None, "AdamLM order (1-4).")
 flags.DEFINE_bool("exact_heun", None, "Heun without reusing the corrector velocity.")
 flags.DEFINE_enum("step_fn", None, list(samplers.STEP_FNS), "Euler step (ODE or SDE).")
+# Text-to-image checkpoints (sample_t2i.py): one prompt source, any size.
+flags.DEFINE_multi_string("prompt", None, "Text-to-image: a prompt (repeatable).")
+flags.DEFINE_string("prompts", None, "Text-to-image: a file of prompts, one a line.")
+flags.DEFINE_string("geneval", None, "Text-to-image: GenEval's evaluation_metadata.jsonl; "
+                    "writes <out>/<i:05d>/{metadata.jsonl,samples/<k:04d>.png}.")
+flags.DEFINE_string("dpg", None, "Text-to-image: a folder of DPG-Bench prompt files "
+                    "<name>.txt; writes <out>/<name>.png, 2x2 grids of 4 samples.")
+flags.DEFINE_integer("samples_per_prompt", 4, "Text-to-image: images per prompt.")
+flags.DEFINE_integer("height", None, "Text-to-image: image height (default: the config's "
+                     "data.resolution); a multiple of resolution / patch_size.")
+flags.DEFINE_integer("width", None, "Text-to-image: image width (as --height).")
+flags.DEFINE_integer("field_chunk_pixels", sample_t2i.DEFAULT_FIELD_CHUNK_PIXELS,
+                     "Text-to-image: the neural field decodes at most this many pixels at "
+                     "a time (bounds memory at large sizes; 0 = all at once).")
+flags.DEFINE_bool("dry_run", False, "Load the checkpoint, check --out and trace the sampler "
+                  "on abstract inputs; print the plan and exit without sampling.")
 flags.mark_flags_as_required(["config", "checkpoint", "out"])
+_PROMPT_SOURCES = ("prompt", "prompts", "geneval", "dpg")
 
 # How to run the model rather than what it is: taken from the run config, not model.json.
 _RUNTIME_MODEL_FIELDS = ("dtype", "attention_implementation", "remat_policy", "scan_blocks")
@@ -142,16 +167,37 @@ def _write_atomic_npz(path: str, **arrays) -> None:
   os.replace(tmp, path)
 
 
+def manifest(model, settings: dict, *, resolution: int, num_samples: int, seed: int,
+             manifest_extra: dict | None = None) -> dict:
+  """What must match for chunks in one output directory to belong together (run.json)."""
+  return dict(num_samples=num_samples, seed=seed, resolution=resolution,
+              num_classes=model.num_classes,
+              settings={k: list(v) if isinstance(v, tuple) else v
+                        for k, v in settings.items()},
+              **(manifest_extra or {}))
+
+
+def manifest_conflict(out: str, manifest_now: dict) -> str | None:
+  """Why out/run.json says its chunks were made with other settings, or None."""
+  path = os.path.join(out, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    old = json.load(f)
+  diff = {k: (old.get(k), v) for k, v in manifest_now.items() if old.get(k) != v}
+  if diff:
+    return (f"{out} holds samples made with other settings ({diff}, as (before, now)). "
+            "Use a new --out, or the settings of that run.")
+  return None
+
+
 def _check_manifest(out: str, manifest: dict) -> None:
   """Refuses to mix chunks made with different settings in one output directory."""
   path = os.path.join(out, MANIFEST)
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
-    if diff:
-      raise ValueError(f"{out} holds samples made with other settings ({diff}, as "
-                       "(before, now)). Use a new --out, or the settings of that run.")
+    conflict = manifest_conflict(out, manifest)
+    if conflict:
+      raise ValueError(conflict)
   elif jax.process_index() == 0:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -208,12 +254,9 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
   """
   os.makedirs(out, exist_ok=True)
   image_shape = (resolution, resolution, model.in_channels)
-  manifest = dict(num_samples=num_samples, seed=seed, resolution=resolution,
-                  num_classes=model.num_classes,
-                  settings={k: list(v) if isinstance(v, tuple) else v
-                            for k, v in settings.items()},
-                  **(manifest_extra or {}))
-  _check_manifest(out, manifest)
+  _check_manifest(out, manifest(model, settings, resolution=resolution,
+                                num_samples=num_samples, seed=seed,
+                                manifest_extra=manifest_extra))
 
   devices = jax.local_devices()
   mesh = Mesh(np.array(devices), ("batch",))
@@ -337,26 +380,201 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
   return path
 
 
+def _text_request(out: str, *, prompts=None, prompts_file=None, geneval=None, dpg=None,
+                  samples_per_prompt: int = 4, grid: bool = True):
+  """(prompts, make_layout, layout name) of exactly one prompt source."""
+  given = [name for name, value in (("--prompt", prompts), ("--prompts", prompts_file),
+                                    ("--geneval", geneval), ("--dpg", dpg)) if value]
+  if len(given) != 1:
+    raise ValueError(f"A text-to-image checkpoint samples prompts: pass exactly one of "
+                     f"--prompt, --prompts, --geneval or --dpg (got {given or 'none'}).")
+  if samples_per_prompt < 1:
+    raise ValueError(f"--samples_per_prompt={samples_per_prompt}: must be >= 1.")
+  if dpg:
+    from pixnerd_jax.evaluation import dpg as dpg_lib  # pylint: disable=g-import-not-at-top
+    names, prompts = dpg_lib.read_prompts(dpg)
+    return prompts, lambda manifest: dpg_lib.layout(out, names, prompts, manifest), "dpg"
+  if geneval:
+    from pixnerd_jax.evaluation import geneval as geneval_lib  # pylint: disable=g-import-not-at-top
+    metadata = geneval_lib.read_metadata(geneval)
+    return ([m["prompt"] for m in metadata],
+            lambda manifest: geneval_lib.layout(out, metadata, samples_per_prompt), "geneval")
+  prompts = list(prompts) if prompts else sample_t2i.read_prompt_file(prompts_file)
+  return (prompts, lambda manifest: sample_t2i.prompt_layout(out, prompts, samples_per_prompt,
+                                                             grid=grid), "prompts")
+
+
+def run_text(config, checkpoint_path: str, out: str, *, prompts=None, prompts_file=None,
+             geneval=None, dpg=None, samples_per_prompt: int = 4, online: bool = False,
+             step: int | None = None, grid: bool = True, **kwargs) -> str:
+  """The text-to-image command: exactly one of prompts (a list), prompts_file, geneval
+  (an evaluation_metadata.jsonl) or dpg (a prompt folder). Returns `out`.
+
+  kwargs: height, width, batch_size, seed, field_chunk_pixels and sampler overrides of
+  `sample_t2i.run`.
+  """
+  prompts, make_layout, layout_name = _text_request(
+      out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
+      samples_per_prompt=samples_per_prompt, grid=grid)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  return sample_t2i.run(config, model, params, source, checkpoint_path, out, make_layout,
+                        layout_name=layout_name, prompts=prompts,
+                        samples_per_prompt=samples_per_prompt, **kwargs)
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+def dry_run_report(config, checkpoint_path: str, out: str, *, num_samples: int,
+                   batch_size: int = 64, chunk_size: int = 1000, seed: int = 0,
+                   online: bool = False, step: int | None = None,
+                   **sampling_overrides) -> dict:
+  """--dry_run: loads the checkpoint, checks --out, traces the sampler on one batch.
+
+  Prints the plan and writes nothing; returns the plan as a dict.
+  """
+  started = time.perf_counter()
+  settings = samplers.settings_from_config(config.sampling, **sampling_overrides)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
+  ranges = chunk_ranges(num_samples, chunk_size)
+  devices = jax.local_devices()
+  per_call = math.ceil(batch_size / len(devices)) * len(devices)
+  res = config.data.resolution
+  if res % model.patch_size:
+    raise dry_run.DryRunError(f"config.data.resolution = {res} is not a multiple of the "
+                              f"model's patch size {model.patch_size}")
+  conflict = manifest_conflict(out, manifest(model, settings, resolution=res,
+                                             num_samples=num_samples, seed=seed,
+                                             manifest_extra=dict(checkpoint=source)))
+  if conflict:
+    raise dry_run.DryRunError(conflict)
+  done = sum(_chunk_is_complete(os.path.join(out, CHUNK_PATTERN.format(c)), *r)
+             for c, r in enumerate(ranges))
+  dry_run.line("plan", f"{num_samples:,} samples at {res}x{res}, {model.num_classes} classes, "
+               f"{len(ranges)} chunk file(s) of up to {chunk_size} ({done} already in {out}); "
+               f"{per_call} per model call over {len(devices)} local device(s), "
+               f"{jax.process_count()} process(es)")
+  dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+
+  mesh = Mesh(np.array(devices), ("batch",))
+  sample_fn = make_sample_fn(model, settings, (res, res, model.in_channels), mesh)
+  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  indices = jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch)
+  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+                           jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+                           indices, indices)
+  out_shape = tuple(traced.out_info.shape)
+  dry_run.line("sample fn", f"the whole sampler traced on abstract inputs: one call gives "
+               f"{out_shape} {traced.out_info.dtype}")
+  dry_run.line("dry run", f"OK in {time.perf_counter() - started:.1f} s: nothing was sampled "
+               "or written. Run the same command without --dry_run to sample.")
+  return dict(chunks=len(ranges), done=done, per_call=per_call, out_shape=out_shape,
+              settings=settings)
+
+
+def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
+                        prompts_file=None, geneval=None, dpg=None, samples_per_prompt: int = 4,
+                        online: bool = False, step: int | None = None, grid: bool = True,
+                        height: int | None = None, width: int | None = None,
+                        batch_size: int = 8, seed: int = 0,
+                        field_chunk_pixels: int = sample_t2i.DEFAULT_FIELD_CHUNK_PIXELS,
+                        **sampling_overrides) -> dict:
+  """--dry_run of a text-to-image checkpoint: reads the prompts, the checkpoint and the
+  text encoder, checks --out and traces the sampler on one abstract batch."""
+  started = time.perf_counter()
+  prompts, make_layout, layout_name = _text_request(
+      out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
+      samples_per_prompt=samples_per_prompt, grid=grid)
+  settings = sample_t2i.sampling_settings(config.sampling, **sampling_overrides)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
+  res = int(config.data.resolution)
+  height, width = height or res, width or res
+  model = sample_t2i.model_for_size(model, res, height, width, field_chunk_pixels)
+  encoder, text_params = sample_t2i.load_text_encoder(config, model, checkpoint_path)
+  dry_run.line("text encoder", f"{count_params(text_params):,} params")
+  manifest = sample_t2i.manifest_for(settings, height=height, width=width, seed=seed,
+                                     samples_per_prompt=samples_per_prompt, prompts=prompts,
+                                     source=source, layout=layout_name)
+  layout = make_layout(manifest)
+  try:
+    sample_t2i.check_manifest(layout.read_manifest(), manifest, out)
+  except ValueError as e:
+    raise dry_run.DryRunError(str(e)) from e
+  done = sum(layout.is_done(i) for i in range(len(prompts)))
+  devices = jax.local_devices()
+  work = max(1, (len(prompts) - done) * samples_per_prompt)
+  per_call = math.ceil(min(batch_size, work) / len(devices)) * len(devices)
+  dry_run.line("plan", f"{len(prompts)} prompt(s) x {samples_per_prompt} at {height}x{width} "
+               f"({layout_name} layout, {done} already in {out}); {per_call} per model call "
+               f"over {len(devices)} local device(s), {jax.process_count()} process(es)")
+  dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+  mesh = Mesh(np.array(devices), ("batch",))
+  sample_fn = sample_t2i.make_sample_fn(model, settings, (height, width, model.in_channels),
+                                        mesh)
+  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  null = np.asarray(encoder.unconditional(text_params))  # computed once, cached
+  text = jax.ShapeDtypeStruct((per_call,) + tuple(null.shape[1:]), null.dtype, sharding=batch)
+  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+                           jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+                           jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch), text,
+                           jax.ShapeDtypeStruct(null.shape, null.dtype, sharding=replicated))
+  out_shape = tuple(traced.out_info.shape)
+  dry_run.line("sample fn", f"the whole sampler traced on abstract inputs: one call gives "
+               f"{out_shape} {traced.out_info.dtype}")
+  dry_run.line("dry run", f"OK in {time.perf_counter() - started:.1f} s: nothing was sampled "
+               "or written. Run the same command without --dry_run to sample.")
+  return dict(prompts=len(prompts), done=done, per_call=per_call, out_shape=out_shape,
+              settings=settings)
+
+
+@console.entry_point(known=(checkpoint.CheckpointError, ValueError, OSError),
+                 oom_hint="lower --batch_size")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  console.quiet_start()
   if FLAGS.distributed:
     jax.distributed.initialize()
   overrides = {name: FLAGS[name].value for name in (
       "sampler", "num_steps", "guidance", "guidance_interval_min", "guidance_interval_max",
       "timeshift", "last_step", "order", "exact_heun", "step_fn")}
-  try:
+  text_model = sample_t2i.is_text_checkpoint(FLAGS.checkpoint, FLAGS.config)
+  if FLAGS.dry_run and text_model:
+    return dry_run.report_errors(
+        dry_run_text_report, FLAGS.config, FLAGS.checkpoint, FLAGS.out,
+        prompts=FLAGS.prompt, prompts_file=FLAGS.prompts, geneval=FLAGS.geneval,
+        dpg=FLAGS.dpg, samples_per_prompt=FLAGS.samples_per_prompt, online=FLAGS.online,
+        step=FLAGS.step, grid=FLAGS.grid, height=FLAGS.height, width=FLAGS.width,
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides)
+  if FLAGS.dry_run:
+    return dry_run.report_errors(
+        dry_run_report, FLAGS.config, FLAGS.checkpoint, FLAGS.out,
+        num_samples=FLAGS.num_samples, batch_size=FLAGS.batch_size,
+        chunk_size=FLAGS.chunk_size, seed=FLAGS.seed, online=FLAGS.online, step=FLAGS.step,
+        **overrides)
+  if text_model:
+    path = run_text(
+        FLAGS.config, FLAGS.checkpoint, FLAGS.out, prompts=FLAGS.prompt,
+        prompts_file=FLAGS.prompts, geneval=FLAGS.geneval, dpg=FLAGS.dpg,
+        samples_per_prompt=FLAGS.samples_per_prompt, online=FLAGS.online, step=FLAGS.step,
+        grid=FLAGS.grid, height=FLAGS.height, width=FLAGS.width,
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides)
+  else:
+    text_flags = [f"--{n}" for n in _PROMPT_SOURCES + ("height", "width") if FLAGS[n].value]
+    if text_flags:
+      raise ValueError(f"{' '.join(text_flags)} need a text-to-image checkpoint; "
+                       f"{FLAGS.checkpoint} holds a class-conditional model.")
     path = run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
                batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
                online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)
-  except (checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
   if path:
     print(path)
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  cli.run(main)

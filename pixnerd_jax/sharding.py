@@ -31,6 +31,7 @@ LOGICAL_AXIS_RULES = (
     ("adaln", "tensor"),
     ("nerf_gen", "tensor"),
     ("embed_in", None),
+    ("text_embed", None),
     ("vocab", None),
     ("freq", None),
     ("patch", None),

@@ -5,6 +5,7 @@ with every checkpoint, so a run restarted from any checkpoint replays exactly th
 same steps as an uninterrupted one.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -28,6 +29,7 @@ from pixnerd_jax.diffusion import objective
 from pixnerd_jax.evaluation.during_training import TrainingEvaluator
 from pixnerd_jax import models
 from pixnerd_jax import repa
+from pixnerd_jax import text_encoder as text_encoder_lib
 from pixnerd_jax.models import PixNerDiT, build_model, count_params
 
 
@@ -100,31 +102,63 @@ def step_rng(seed: int, step):
   return jax.random.fold_in(jax.random.key(seed), step)
 
 
+def text_condition(rng, batch: dict, text_params, *, text_encoder, empty_prompt: dict,
+                   dropout: float):
+  """Caption dropout, then the frozen encoder: (B, T, E) text features for the model.
+
+  A dropped caption becomes the empty prompt's tokens before encoding, which gives
+  exactly the unconditional features (encoding is per row), with one encoder call.
+  Args:
+    batch: 'input_ids', 'attention_mask' (B, T) int32.
+    empty_prompt: the tokenized "" ('input_ids', 'attention_mask' (1, T)).
+  """
+  ids, mask = batch["input_ids"], batch["attention_mask"]
+  drop = jax.random.uniform(rng, (ids.shape[0], 1)) < dropout
+  ids = jnp.where(drop, jnp.asarray(empty_prompt["input_ids"], ids.dtype), ids)
+  mask = jnp.where(drop, jnp.asarray(empty_prompt["attention_mask"], mask.dtype), mask)
+  return text_encoder.encode(text_params, ids, mask)
+
+
 def train_step(state: TrainState, batch: dict, frozen_params=None, *, model: PixNerDiT, tx,
                schedule, config: ml_collections.ConfigDict,
-               make_aux_loss: Callable | None = None) -> tuple[TrainState, dict]:
+               make_aux_loss: Callable | None = None, text_encoder=None,
+               empty_prompt: dict | None = None) -> tuple[TrainState, dict]:
   """One optimizer update; pure, meant to be jitted with the state donated.
 
   Args:
     state: the TrainState.
-    batch: 'image' (B, H, W, C) in [-1, 1], 'label' (B,), and whatever the aux loss needs.
-    frozen_params: params of a frozen network the aux loss uses (REPA's DINOv2); passed
-      as an argument so they are not baked into the compiled program as constants.
-    make_aux_loss: optional, frozen_params -> aux_loss_fn(aux_params, features (B, L, D),
+    batch: 'image' (B, H, W, C) in [-1, 1]; 'label' (B,) for the class model or
+      'input_ids', 'attention_mask' (B, T) for the text model; whatever the aux loss needs.
+    frozen_params: {'dino': REPA's DINOv2 params, 'text': the text encoder's}, each only
+      when used; passed as an argument so they are not baked into the compiled program
+      as constants.
+    make_aux_loss: optional, dino params -> aux_loss_fn(aux_params, features (B, L, D),
       batch, rng) -> (loss, metrics dict), given the trunk features after block
       config.repa.align_layer (REPA); aux_params are trained with the model.
+    text_encoder: the frozen text encoder (text model only); empty_prompt: its tokens
+      of "" (the unconditional input that caption dropout substitutes).
   Returns:
     (new state, metrics: loss, fm_loss, grad_norm, learning_rate, ...).
   """
+  frozen_params = frozen_params or {}
   rng = step_rng(config.seed, state.step)
   rng_fm, rng_aux = jax.random.split(rng)
   diff = config.diffusion
-  x_t, t, y, target = objective.flow_matching_inputs(
-      rng_fm, batch["image"], batch["label"], null_class=model.num_classes,
-      label_dropout=diff.label_dropout, time_distribution=diff.time_distribution,
-      time_mean=diff.time_mean, time_std=diff.time_std, time_shift=diff.time_shift)
+  if text_encoder is not None:
+    condition = text_condition(jax.random.fold_in(rng, 2), batch, frozen_params["text"],
+                               text_encoder=text_encoder, empty_prompt=empty_prompt,
+                               dropout=config.text_encoder.caption_dropout)
+    x_t, t, y, target = objective.flow_matching_inputs(
+        rng_fm, batch["image"], condition, null_class=None, label_dropout=0.0,
+        time_distribution=diff.time_distribution, time_mean=diff.time_mean,
+        time_std=diff.time_std, time_shift=diff.time_shift)
+  else:
+    x_t, t, y, target = objective.flow_matching_inputs(
+        rng_fm, batch["image"], batch["label"], null_class=model.num_classes,
+        label_dropout=diff.label_dropout, time_distribution=diff.time_distribution,
+        time_mean=diff.time_mean, time_std=diff.time_std, time_shift=diff.time_shift)
 
-  aux_loss_fn = make_aux_loss(frozen_params) if make_aux_loss else None
+  aux_loss_fn = make_aux_loss(frozen_params.get("dino")) if make_aux_loss else None
 
   def loss_fn(trainable):
     params, aux_params = trainable
@@ -161,8 +195,10 @@ class TrainProgram:
   Attributes:
     make_state: () -> a fresh TrainState; jit it with out_shardings=state_sharding.
     state_shapes: the TrainState as ShapeDtypeStructs.
-    batch_keys: the batch entries the step reads ('raw_image' only with REPA).
-    step: jitted (state, batch, frozen_params) -> (state, metrics); the state is donated.
+    batch_keys: the batch entries the step reads ('raw_image' only with REPA; token ids
+      and mask instead of labels for the text model).
+    step: jitted (state, batch, frozen_params) -> (state, metrics); the state is donated;
+      frozen_params is {'dino': ..., 'text': ...} with the entries the config uses.
   """
   model: PixNerDiT
   tx: optax.GradientTransformation
@@ -177,13 +213,18 @@ class TrainProgram:
 
 
 def build_train_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                        dino_model=None) -> TrainProgram:
+                        dino_model=None, text_encoder=None) -> TrainProgram:
   """Model, optimizer, state shardings and the jitted step for `config` on `mesh`.
 
-  With REPA, `dino_model` is the frozen DinoV2 module; its params are the step's third
-  argument (arrays when training, ShapeDtypeStructs when compiling ahead of time).
+  With REPA, `dino_model` is the frozen DinoV2 module; for the text model `text_encoder`
+  is the frozen text_encoder.TextEncoder. Their params are the step's third argument,
+  {'dino': ..., 'text': ...} (arrays when training, ShapeDtypeStructs when compiling
+  ahead of time).
   """
   model = create_model(config)
+  text_model = model.conditioning == "text"
+  if text_model and text_encoder is None:
+    raise ValueError("A text-conditioned model needs the frozen text encoder (text_encoder).")
   tx, schedule = create_optimizer(config)
   make_aux_loss, make_aux_params = None, dict
   if config.repa.enabled:
@@ -200,11 +241,15 @@ def build_train_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
   state_shapes = jax.eval_shape(make_state)
   state_sharding = sharding.state_shardings(state_shapes, params_sharding, tx, mesh)
+  text_kw = {}
+  if text_model:
+    text_kw = dict(text_encoder=text_encoder, empty_prompt=text_encoder.tokenize([""]))
   step = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
-                        make_aux_loss=make_aux_loss),
+                        make_aux_loss=make_aux_loss, **text_kw),
       donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
-  batch_keys = ("image", "raw_image", "label") if config.repa.enabled else ("image", "label")
+  condition_keys = ("input_ids", "attention_mask") if text_model else ("label",)
+  batch_keys = ("image",) + (("raw_image",) if config.repa.enabled else ()) + condition_keys
   return TrainProgram(model=model, tx=tx, schedule=schedule, mesh=mesh, make_state=make_state,
                       state_shapes=state_shapes, state_sharding=state_sharding,
                       batch_sharding=sharding.batch_sharding(mesh), batch_keys=batch_keys,
@@ -243,6 +288,20 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+@contextlib.contextmanager
+def _closed_on_error(manager):
+  """On an error in the loop, lets the checkpoint writes in flight finish (or fail)
+  quietly: the error raised says what went wrong."""
+  try:
+    yield
+  except BaseException:
+    try:
+      manager.close()
+    except Exception as e:  # pylint: disable=broad-except  # the save that failed, again
+      logging.debug("Closing the checkpoint manager after an error: %s", e)
+    raise
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
@@ -259,21 +318,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   mesh = sharding.create_mesh(config.mesh)
   logging.info("Mesh: %s", dict(mesh.shape))
-  dino_model, frozen_params = None, None
+  dino_model, text_encoder, frozen_params = None, None, {}
   if config.repa.enabled:
-    dino_model, frozen_params = repa.load_dino(config)
-    frozen_params = jax.device_put(frozen_params, sharding.replicated(mesh))
-  program = build_train_program(config, mesh, dino_model)
+    dino_model, frozen_params["dino"] = repa.load_dino(config)
+  if config.model.conditioning == "text":
+    text_encoder, frozen_params["text"] = text_encoder_lib.for_training(config, workdir)
+  frozen_params = jax.device_put(frozen_params, sharding.replicated(mesh))
+  program = build_train_program(config, mesh, dino_model, text_encoder)
   state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
   parameter_overview.log_parameter_overview(state.params)
   logging.info("Model: %s parameters", f"{count_params(state.params):,}")
 
+  tokenizer = {"tokenizer": text_encoder} if text_encoder is not None else {}
   train_iter = data_lib.create_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed)
+      config.data, global_batch_size=config.batch_size, seed=config.seed, **tokenizer)
   manager = checkpoint.create_manager(workdir, config)
-  restored_step = manager.latest_step()
+  restored_step, state, train_iter = checkpoint.restore_latest(manager, state, train_iter)
   if restored_step is not None:
-    state, train_iter = checkpoint.restore(manager, restored_step, state, train_iter)
     logging.info("Resumed from the checkpoint of step %d.", restored_step)
   elif config.init_from:
     _, params = checkpoint.load_params(config.init_from)
@@ -291,14 +352,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if initial_step == 0:
     writer.write_hparams(validation.flat_hparams(config))
 
-  evaluator = TrainingEvaluator(config, program.model, workdir, writer)
+  evaluator = TrainingEvaluator(config, program.model, workdir, writer,
+                                text=(text_encoder, frozen_params.get("text")))
 
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                            writer=writer, every_steps=config.log_every)
   history, pending_losses, skipped = [], [], 0
   data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
   step = initial_step
-  with _Preemption() as preemption, sharding.activate(mesh):
+  with _Preemption() as preemption, sharding.activate(mesh), _closed_on_error(manager):
     for step in range(initial_step + 1, config.num_train_steps + 1):
       wait_start = time.perf_counter()
       local_batch = next(train_iter)
@@ -335,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if config.eval_every and step % config.eval_every == 0 and not last:
         evaluator.evaluate(step, state.ema_params, config.eval_num_samples)
 
-  manager.wait_until_finished()
+  checkpoint.wait_until_saved(manager, step)
   if step == config.num_train_steps and not preemption.requested:
     if config.final_eval_num_samples:
       evaluator.evaluate(step, state.ema_params, config.final_eval_num_samples, final=True)
@@ -349,7 +411,7 @@ def _check_finite(pending: list, manager) -> None:
   bad = _first_nonfinite(pending)
   pending.clear()
   if bad is not None:
-    manager.wait_until_finished()
+    checkpoint.wait_until_saved(manager)
     last_good = manager.latest_step()
     raise NonFiniteLossError(
         f"Non-finite loss at step {bad}; training stopped. The last good checkpoint is "

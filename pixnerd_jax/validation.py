@@ -8,7 +8,9 @@ from etils import epath
 
 from pixnerd_jax.models.pixnerd import REMAT_POLICIES
 
-DATASETS = ("digits", "tfds", "folder")
+CLASS_DATASETS = ("digits", "tfds", "folder")
+CAPTION_DATASETS = ("digits_captions", "caption_folder", "caption_tar", "tfds_captions")
+DATASETS = CLASS_DATASETS + CAPTION_DATASETS
 DIGITS_CLASSES = 10
 
 
@@ -59,7 +61,21 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     _check(platform == "tpu", "model.attention_implementation", attention,
            f"the splash kernel is a TPU (Pallas) kernel, this is {platform}",
            "leave it unset off TPU")
-  if d.name == "digits":
+  conditioning = m.get("conditioning", "class")
+  _check(conditioning in ("class", "text"), "model.conditioning", conditioning,
+         "unknown conditioning", "use 'class' (labels) or 'text' (captions)")
+  if conditioning == "text":
+    _check(d.name in CAPTION_DATASETS, "data.name", d.name,
+           "this dataset has class labels, but model.conditioning='text' trains on captions",
+           f"use a captioned source, one of {CAPTION_DATASETS}, or a class-conditional "
+           "model config")
+    _validate_text_encoder(config)
+  else:
+    _check(d.name in CLASS_DATASETS, "data.name", d.name,
+           "this dataset has captions, but model.conditioning='class' trains on labels",
+           f"use one of {CLASS_DATASETS}, or a text-to-image model config "
+           "(e.g. configs/digits_t2i.py)")
+  if d.name == "digits" and conditioning == "class":
     _check(m.num_classes == DIGITS_CLASSES, "model.num_classes", m.num_classes,
            "the digits dataset has 10 classes", "set --config.model.num_classes=10")
 
@@ -100,6 +116,31 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
            "and pass --config.repa.dino_checkpoint=DIR, or set --config.repa.enabled=False")
   if workdir is not None:
     _check_writable(workdir)
+
+
+def _validate_text_encoder(config: ml_collections.ConfigDict) -> None:
+  te, m = config.text_encoder, config.model
+  if te.path:
+    _check(epath.Path(te.path).is_dir(), "text_encoder.path", te.path,
+           "no such folder",
+           "fetch Qwen3-1.7B once (`huggingface-cli download Qwen/Qwen3-1.7B --local-dir "
+           "weights/Qwen3-1.7B`) and pass --config.text_encoder.path=weights/Qwen3-1.7B")
+  else:
+    _check(bool(te.stand_in), "text_encoder.path", te.path,
+           "a text-to-image model needs a text encoder",
+           "pass --config.text_encoder.path=<local Qwen3 folder>, or "
+           "--config.text_encoder.stand_in=True for a random stand-in (digits_captions)")
+    _check(config.data.name == "digits_captions", "text_encoder.stand_in", te.stand_in,
+           f"a stand-in builds its tokenizer from a known caption vocabulary, which "
+           f"data.name={config.data.name!r} does not have",
+           "use a real encoder with --config.text_encoder.path")
+  _check(te.max_length == m.txt_max_length, "text_encoder.max_length", te.max_length,
+         f"captions must have as many tokens as model.txt_max_length={m.txt_max_length} "
+         "(the model's learned text positions)", "make the two equal")
+  _check(te.dtype in ("float32", "bfloat16"), "text_encoder.dtype", te.dtype,
+         "unknown dtype", "use 'bfloat16' (the reference) or 'float32'")
+  _check(0.0 <= te.caption_dropout < 1.0, "text_encoder.caption_dropout",
+         te.caption_dropout, "must be in [0, 1)", "the reference uses 0.1")
 
 
 def _check_writable(workdir: str) -> None:

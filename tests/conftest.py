@@ -24,3 +24,28 @@ def reference_fixtures():
   if not files:
     pytest.skip(f"No parity fixtures: {FIXTURES_DIR} is absent (CI provides ../shared).")
   return files
+
+
+def _named_fixture(name: str) -> pathlib.Path:
+  path = FIXTURES_DIR / name
+  if not path.is_file():
+    pytest.skip(f"No parity fixture {path} (CI provides ../shared).")
+  return path
+
+
+@pytest.fixture
+def c2i_fixture():
+  """The official c2i model on a 32x48 image, with an Euler run."""
+  return _named_fixture("pixnerd_c2i_tiny.npz")
+
+
+@pytest.fixture
+def samplers_fixture():
+  """The official Euler, Heun and AdamLM samplers on a c2i model."""
+  return _named_fixture("pixnerd_c2i_samplers_tiny.npz")
+
+
+@pytest.fixture
+def t2i_fixture():
+  """The official t2i denoiser, its heavy-decoder form and AdamLM/Euler runs."""
+  return _named_fixture("pixnerd_t2i_tiny.npz")

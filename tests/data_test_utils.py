@@ -75,3 +75,74 @@ def make_mixed_folder(root: pathlib.Path) -> None:
 
 
 BAD_NAMES = ('corrupt.jpg', 'truncated.png', 'notimage.png')
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def make_tokenizer(texts, max_length: int = 12):
+  """A real TextEncoder (tiny Qwen3 module, no params) over the words of `texts`."""
+  from pixnerd_jax import text_encoder  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.models import qwen3  # pylint: disable=g-import-not-at-top
+  tokenizer = text_encoder.word_level_tokenizer(texts)
+  config = qwen3.Qwen3Config(
+      vocab_size=tokenizer.get_vocab_size(), hidden_size=8, intermediate_size=16,
+      num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+      head_dim=8, max_position_embeddings=64)
+  return text_encoder.TextEncoder(qwen3.Qwen3Model(config), tokenizer, pad_id=0,
+                                  max_length=max_length)
+
+
+def grey_png(grey: int, size=(10, 14)) -> bytes:
+  buffer = io.BytesIO()
+  Image.new('RGB', size, (grey, grey, grey)).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def caption_of_grey(grey: int) -> str:
+  """Captions that name their image's grey, so tests can pair them up."""
+  return f'grey {grey}'
+
+
+def grey_of_caption(caption: str) -> int:
+  return int(caption.split()[-1])
+
+
+def make_caption_folder(root: pathlib.Path, num_good: int = 8) -> dict:
+  """`num_good` solid-grey PNGs (nested folders) with `grey <g>` captions, plus
+  bad examples: no caption file, an empty caption, a corrupt image.
+
+  Returns:
+    {relative path: grey} of the good images.
+  """
+  good = {}
+  for i in range(num_good):
+    grey = 20 * i + 10
+    rel = pathlib.Path(f'part{i % 2}') / f'img_{i:02d}.png'
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_bytes(grey_png(grey, (10 + i, 14)))
+    (root / rel).with_suffix('.txt').write_text(caption_of_grey(grey) + '\n')
+    good[str(rel)] = grey
+  (root / 'bad').mkdir(parents=True, exist_ok=True)
+  (root / 'bad' / 'no_caption.png').write_bytes(grey_png(3))
+  (root / 'bad' / 'empty.png').write_bytes(grey_png(4))
+  (root / 'bad' / 'empty.txt').write_text('  \n')
+  (root / 'bad' / 'corrupt.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  (root / 'bad' / 'corrupt.txt').write_text('grey 5')
+  (root / 'bad' / 'notes.md').write_text('not an image')
+  return good
+
+
+CAPTION_FOLDER_BAD = ('no_caption.png', 'empty.png', 'corrupt.jpg')
+
+
+def write_tar(path: pathlib.Path, members) -> None:
+  """A plain tar of (name, bytes) members, in order."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tarfile.open(path, 'w') as tar:
+    for name, payload in members:
+      info = tarfile.TarInfo(name)
+      info.size = len(payload)
+      info.mtime = 0
+      tar.addfile(info, io.BytesIO(payload))

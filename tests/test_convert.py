@@ -23,34 +23,64 @@ def _nhwc(a):
   return np.transpose(a, (0, 2, 3, 1))
 
 
-def test_forward_parity_on_reference_fixtures(reference_fixtures):
-  for path in reference_fixtures:
-    fixture = _fixture(path)
-    model_cfg, params = convert.convert_state_dict(_state_dict(fixture))
-    assert model_cfg.items() >= json.loads(str(fixture["cfg_json"]))["model"].items()
-    out = PixNerDiT(**model_cfg).apply({"params": params}, _nhwc(fixture["x"]), fixture["t"],
-                                       fixture["y"].astype(np.int32))
-    err = np.abs(np.asarray(out) - _nhwc(fixture["out"])).max()
-    assert err <= 1e-5, f"{path.name}: forward error {err}"
+def test_forward_parity_on_the_c2i_fixture(c2i_fixture):
+  fixture = _fixture(c2i_fixture)
+  model_cfg, params = convert.convert_state_dict(_state_dict(fixture))
+  assert model_cfg.items() >= json.loads(str(fixture["cfg_json"]))["model"].items()
+  out = PixNerDiT(**model_cfg).apply({"params": params}, _nhwc(fixture["x"]), fixture["t"],
+                                     fixture["y"].astype(np.int32))
+  err = np.abs(np.asarray(out) - _nhwc(fixture["out"])).max()
+  assert err <= 1e-5, f"forward error {err}"
 
 
-def test_verify_command_passes_on_fixtures_and_fails_on_wrong_outputs(
-    reference_fixtures, tmp_path, capsys):
+def test_t2i_checkpoint_is_recognised_from_its_keys(t2i_fixture):
+  fixture = _fixture(t2i_fixture)
+  ref = json.loads(str(fixture["cfg_json"]))["model"]
+  model_cfg, params = convert.convert_state_dict(_state_dict(fixture))
+  assert model_cfg == dict(
+      in_channels=3, patch_size=ref["patch_size"], num_groups=ref["num_groups"],
+      hidden_size=ref["hidden_size"], hidden_size_x=ref["decoder_hidden_size"],
+      nerf_mlpratio=2, num_blocks=ref["num_encoder_blocks"] + ref["num_decoder_blocks"],
+      num_cond_blocks=ref["num_encoder_blocks"], max_freqs=8, conditioning="text",
+      txt_embed_dim=ref["txt_embed_dim"], txt_max_length=ref["txt_max_length"],
+      num_text_blocks=ref["num_text_blocks"])
+  assert params["y_pos_embedding"].shape == (1, ref["txt_max_length"], ref["hidden_size"])
+  np.testing.assert_array_equal(params["blocks_1"]["attn"]["kv_y"]["kernel"],
+                                fixture["sd/blocks.1.attn.kv_y.weight"].T)
+
+
+def test_verify_command_passes_on_every_fixture_format(reference_fixtures, capsys):
   for path in reference_fixtures:
-    assert convert.main(["verify", str(path)]) == 0
-    assert "PASS" in capsys.readouterr().out
-  broken = _fixture(reference_fixtures[0])
-  broken["sample_out"] = broken["sample_out"] + 0.01
+    assert convert.main(["verify", str(path)]) == 0, path.name
+    out = capsys.readouterr().out
+    assert "PASS" in out
+    assert "FAIL" not in out
+
+
+@pytest.mark.parametrize("key", ["sample_out", "heavy_out", "euler_sample_out"])
+def test_verify_command_fails_on_wrong_t2i_outputs(t2i_fixture, tmp_path, capsys, key):
+  broken = _fixture(t2i_fixture)
+  broken[key] = broken[key] + 0.01
   bad_path = tmp_path / "broken.npz"
   np.savez(bad_path, **broken)
   assert convert.main(["verify", str(bad_path)]) == 1
   assert "FAIL" in capsys.readouterr().out
 
 
+def test_verify_command_fails_on_a_wrong_sampler_run(samplers_fixture, c2i_fixture, tmp_path,
+                                                      capsys):
+  for path, key in ((samplers_fixture, "out_heun_exact"), (c2i_fixture, "sample_out")):
+    broken = _fixture(path)
+    broken[key] = broken[key] + 0.01
+    np.savez(tmp_path / "broken.npz", **broken)
+    assert convert.main(["verify", str(tmp_path / "broken.npz")]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
 def test_converts_lightning_ckpt_ema_by_default_and_online_on_request(
-    reference_fixtures, tmp_path):
+    c2i_fixture, tmp_path):
   torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .ckpt files")
-  sd = _state_dict(_fixture(reference_fixtures[0]))
+  sd = _state_dict(_fixture(c2i_fixture))
   online = {f"denoiser.{k}": torch.from_numpy(v) for k, v in sd.items()}
   ema = {f"ema_denoiser.{k}": torch.from_numpy(v * 2) for k, v in sd.items()}
   proj = {"conditioner.null_embedding": torch.zeros(4, 4)}  # ignored: not the denoiser
@@ -67,10 +97,28 @@ def test_converts_lightning_ckpt_ema_by_default_and_online_on_request(
   np.testing.assert_array_equal(ema_params["blocks_0"]["attn"]["qkv"]["kernel"], 2 * key.T)
 
 
-def test_converts_plain_pth_and_safetensors_identically(reference_fixtures, tmp_path):
+def test_converts_the_official_t2i_lightning_ckpt(t2i_fixture, tmp_path):
+  torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .ckpt files")
+  fixture = _fixture(t2i_fixture)
+  sd = _state_dict(fixture)
+  state = {f"ema_denoiser.{k}": torch.from_numpy(v) for k, v in sd.items()}
+  state.update({f"denoiser.{k}": torch.from_numpy(v + 1) for k, v in sd.items()})
+  torch.save({"state_dict": state}, tmp_path / "model.ckpt")
+  assert convert.main(["checkpoint", str(tmp_path / "model.ckpt"), "--out",
+                       str(tmp_path / "t2i")]) == 0
+  cfg, params = checkpoint.load_params(str(tmp_path / "t2i"))
+  assert cfg["conditioning"] == "text"
+  out = PixNerDiT(**cfg).apply({"params": params}, _nhwc(fixture["x"]), fixture["t"],
+                               fixture["y"])
+  assert np.abs(np.asarray(out) - _nhwc(fixture["out"])).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["c2i", "t2i"])
+def test_converts_plain_pth_and_safetensors_identically(c2i_fixture, t2i_fixture, tmp_path,
+                                                        name):
   torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .pth files")
   from safetensors.numpy import save_file
-  sd = _state_dict(_fixture(reference_fixtures[0]))
+  sd = _state_dict(_fixture(c2i_fixture if name == "c2i" else t2i_fixture))
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "model.pth")
   save_file(sd, str(tmp_path / "model.safetensors"))
   a = convert.select_denoiser(convert.load_state_dict(str(tmp_path / "model.pth")))
@@ -95,8 +143,8 @@ def test_pickles_with_code_are_refused(tmp_path):
     convert.load_state_dict(str(path))
 
 
-def test_missing_and_unexpected_keys_are_named(reference_fixtures):
-  sd = _state_dict(_fixture(reference_fixtures[0]))
+def test_missing_and_unexpected_keys_are_named(c2i_fixture):
+  sd = _state_dict(_fixture(c2i_fixture))
   sd.pop("blocks.1.mlp.w2.weight")
   sd["blocks.1.mlp.w9.weight"] = np.zeros((3, 3), np.float32)
   with pytest.raises(convert.ConversionError) as e:
@@ -105,8 +153,18 @@ def test_missing_and_unexpected_keys_are_named(reference_fixtures):
   assert "blocks_1/mlp/w2/kernel" in str(e.value)
 
 
-def test_shape_mismatch_is_named(reference_fixtures):
-  sd = _state_dict(_fixture(reference_fixtures[0]))
+def test_t2i_missing_and_unexpected_keys_are_named(t2i_fixture):
+  sd = _state_dict(_fixture(t2i_fixture))
+  sd.pop("text_refine_blocks.1.mlp.w12.weight")
+  sd["blocks.0.attn.kv_z.weight"] = np.zeros((3, 3), np.float32)
+  with pytest.raises(convert.ConversionError) as e:
+    convert.convert_state_dict(sd)
+  assert "blocks.0.attn.kv_z.weight" in str(e.value)
+  assert "text_refine_blocks_1/mlp/w12/kernel" in str(e.value)
+
+
+def test_shape_mismatch_is_named(c2i_fixture):
+  sd = _state_dict(_fixture(c2i_fixture))
   sd["blocks.0.attn.proj.bias"] = np.zeros((65,), np.float32)
   with pytest.raises(convert.ConversionError, match="blocks.0.attn.proj.bias"):
     convert.convert_state_dict(sd)
@@ -150,10 +208,10 @@ def test_ckpt_without_torch_says_how_to_install(tmp_path, monkeypatch):
     convert.load_state_dict(str(path))
 
 
-def test_repa_projector_is_converted_beside_the_params(reference_fixtures, tmp_path):
+def test_repa_projector_is_converted_beside_the_params(c2i_fixture, tmp_path):
   torch = pytest.importorskip("torch", reason="torch (CPU) is needed to write .ckpt files")
   sd = {f"ema_denoiser.{k}": torch.from_numpy(v)
-        for k, v in _state_dict(_fixture(reference_fixtures[0])).items()}
+        for k, v in _state_dict(_fixture(c2i_fixture)).items()}
   rng = np.random.default_rng(0)
   shapes = {"0.0": (64, 64), "0.2": (64, 64), "0.4": (768, 64)}
   for layer, (out, inp) in shapes.items():

@@ -99,3 +99,31 @@ def test_value_ranges_match_to_tensor_and_normalize():
   np.testing.assert_allclose(preprocess.to_model_range(unit), [-1, -0.6, 1],
                              rtol=1e-6)
   assert unit.dtype == np.float32
+
+
+@pytest.mark.parametrize('width,height,size,resized,left,top', [
+    # torchvision Resize(S): short side S, long side int(S * long / short).
+    # CenterCrop(S): offsets int(round(excess / 2)), Python's half-to-even.
+    (44, 37, 16, (19, 16), 2, 0),    # excess 3: round(1.5) = 2, ADM's // gives 1
+    (50, 45, 16, (17, 16), 0, 0),    # excess 1: round(0.5) = 0
+    (30, 61, 16, (16, 32), 0, 8),    # portrait, int(32.53) = 32
+    (10, 7, 16, (22, 16), 3, 0),     # upscaling
+    (16, 16, 16, (16, 16), 0, 0),    # already the size: untouched
+])
+def test_resize_center_crop_follows_torchvision(width, height, size, resized,
+                                                left, top):
+  rng = np.random.default_rng(width * height)
+  image = Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8))
+  ours = preprocess.resize_center_crop(image, size)
+  expected = np.asarray(image.resize(resized, Image.BILINEAR))[
+      top:top + size, left:left + size]
+  assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
+  np.testing.assert_array_equal(ours, expected)
+
+
+def test_decode_resize_crop_decodes_any_mode():
+  grey = Image.new('L', (30, 20), 100)
+  out = preprocess.decode_resize_crop(_encode(grey), 8)
+  np.testing.assert_array_equal(out, np.full((8, 8, 3), 100, np.uint8))
+  with pytest.raises(Exception):
+    preprocess.decode_resize_crop(b'not an image', 8)

@@ -53,23 +53,64 @@ def test_guidance_runs_only_inside_the_interval():
   assert 4 in calls and 2 in calls
 
 
-def test_euler_sampler_parity_on_reference_fixtures(reference_fixtures):
-  for path in reference_fixtures:
-    with np.load(path) as data:
-      fixture = {k: data[k] for k in data.files}
-    cfg = json.loads(str(fixture["cfg_json"]))
-    sd = {k[3:]: v for k, v in fixture.items() if k.startswith("sd/")}
-    model_cfg, params = convert.convert_state_dict(sd)
-    model = PixNerDiT(**model_cfg)
-    s = cfg["sampler"]
-    out = samplers.euler_sample(
-        lambda x, t, y: model.apply({"params": params}, x, t, y),
-        fixture["noise"].transpose(0, 2, 3, 1), fixture["labels"].astype(np.int32),
-        num_steps=s["num_steps"], guidance=s["guidance"],
-        guidance_interval=(s["guidance_interval_min"], s["guidance_interval_max"]),
-        timeshift=s["timeshift"], null_class=model.num_classes)
-    err = np.abs(np.asarray(out) - fixture["sample_out"].transpose(0, 2, 3, 1)).max()
-    assert err <= 1e-4, f"{path.name}: sampler error {err}"
+def test_euler_sampler_parity_on_the_c2i_fixture(c2i_fixture):
+  with np.load(c2i_fixture) as data:
+    fixture = {k: data[k] for k in data.files}
+  cfg = json.loads(str(fixture["cfg_json"]))
+  sd = {k[3:]: v for k, v in fixture.items() if k.startswith("sd/")}
+  model_cfg, params = convert.convert_state_dict(sd)
+  model = PixNerDiT(**model_cfg)
+  s = cfg["sampler"]
+  out = samplers.euler_sample(
+      lambda x, t, y: model.apply({"params": params}, x, t, y),
+      fixture["noise"].transpose(0, 2, 3, 1), fixture["labels"].astype(np.int32),
+      num_steps=s["num_steps"], guidance=s["guidance"],
+      guidance_interval=(s["guidance_interval_min"], s["guidance_interval_max"]),
+      timeshift=s["timeshift"], null_class=model.num_classes)
+  err = np.abs(np.asarray(out) - fixture["sample_out"].transpose(0, 2, 3, 1)).max()
+  assert err <= 1e-4, f"sampler error {err}"
+
+
+def _official_runs(path):
+  with np.load(path) as data:
+    fixture = {k: data[k] for k in data.files}
+  sd = {k[3:]: v for k, v in fixture.items() if k.startswith("sd/")}
+  model_cfg, params = convert.convert_state_dict(sd)
+  model = PixNerDiT(**model_cfg)
+  velocity = jax.jit(lambda x, t, y: model.apply({"params": params}, x, t, y))
+  runs = convert.fixture_sampler_runs(fixture, json.loads(str(fixture["cfg_json"])),
+                                      model_cfg.get("num_classes"))
+  return velocity, runs
+
+
+def _run_error(velocity, run, **overrides):
+  settings = dict(run["settings"], **overrides)
+  out = samplers.sample(velocity, run["noise"], run["cond"], null_class=run["null"], **settings)
+  return float(np.abs(np.asarray(out) - run["expected"]).max())
+
+
+def test_official_euler_heun_adamlm_runs_match(samplers_fixture):
+  velocity, runs = _official_runs(samplers_fixture)
+  names = {run["name"] for run in runs}
+  assert names == {"euler_shift_last", "heun", "heun_exact", "adamlm2", "adamlm4_shift"}
+  for run in runs:
+    err = _run_error(velocity, run)
+    assert err <= 1e-4, f"{run['name']}: error {err}"
+  # The runs differ from each other by 1e-2 or more, so a near miss would show: e.g. Heun
+  # without the reference's always-on guidance, or AdamLM at the wrong order.
+  by_name = {run["name"]: run for run in runs}
+  assert _run_error(velocity, by_name["heun_exact"],
+                    guidance_interval=(0.0, 1.0)) > 1e-3
+  assert _run_error(velocity, by_name["adamlm4_shift"], order=3) > 1e-3
+
+
+def test_official_t2i_adamlm_and_euler_runs_match_with_text_guidance(t2i_fixture):
+  velocity, runs = _official_runs(t2i_fixture)
+  assert [run["name"] for run in runs] == ["adamlm", "euler"]
+  for run in runs:
+    assert run["cond"].ndim == 3 and run["null"].shape[0] == 1  # text features, broadcast
+    err = _run_error(velocity, run)
+    assert err <= 1e-4, f"{run['name']}: error {err}"
 
 
 def test_euler_integrates_a_constant_velocity_exactly():

@@ -14,11 +14,11 @@ from pixnerd_jax.data import preprocess
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
 
 
-def _is_image_file(name: str) -> bool:
+def is_image_file(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
   # Hidden folders (e.g. `.ipynb_checkpoints`) would otherwise become a class
   # and shift every class id after it.
   return name.startswith('.')
@@ -45,7 +45,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
         'root/<class_name>/<image files>.')
   class_names = sorted(
       entry.name for entry in os.scandir(root)
-      if entry.is_dir() and not _is_hidden(entry.name))
+      if entry.is_dir() and not is_hidden(entry.name))
   if not class_names:
     raise ValueError(
         f'config.data.folder={root!r} has no class sub-folders. Expected '
@@ -55,9 +55,9 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
     class_dir = os.path.join(root, class_name)
     count = 0
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-      dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+      dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
       for name in sorted(filenames):
-        if _is_image_file(name) and not _is_hidden(name):
+        if is_image_file(name) and not is_hidden(name):
           paths.append(os.path.relpath(os.path.join(dirpath, name), root))
           labels.append(label)
           count += 1

@@ -5,9 +5,12 @@ from typing import Sequence
 import jax
 import numpy as np
 
-# The batch fields that carry a leading batch axis. `num_skipped` is a
-# per-host scalar meant for logging, so it is not part of the global batch.
+# The batch fields that carry a leading batch axis, of class-labelled and of
+# captioned sources (digits_captions adds `label`; `pipeline.batch_keys` gives
+# a config's set). `num_skipped` is a per-host scalar meant for logging, so it
+# is not part of the global batch.
 BATCH_KEYS = ('image', 'raw_image', 'label')
+CAPTION_BATCH_KEYS = ('image', 'raw_image', 'input_ids', 'attention_mask')
 
 
 def make_global_batch(

@@ -29,6 +29,44 @@ class Source(Protocol):
     ...
 
 
+class CaptionSource(Protocol):
+  """What the pipeline needs from a captioned source (text-to-image)."""
+
+  def __len__(self) -> int:
+    ...
+
+  def load(self, index: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, str, Optional[int]]:
+    """(S, S, 3) uint8 or float32 in [0, 1], the caption, and a label or None.
+
+    `rng` is seeded by the stream position, for sources that choose among
+    several captions. Raises on a corrupt / unreadable image or a missing or
+    empty caption.
+    """
+    ...
+
+  def describe(self, index: int) -> str:
+    ...
+
+
+# Stream of the per-position generator handed to `CaptionSource.load`, apart
+# from the flip's, so that a source's draws never change the flips.
+_CAPTION_STREAM = 1
+
+
+def _flip(pixels: np.ndarray, seed: int, position: int) -> np.ndarray:
+  rng = np.random.default_rng((seed, position))
+  return pixels[:, ::-1] if rng.random() < 0.5 else pixels
+
+
+def _warn_skip(source, index: int, error: Exception) -> None:
+  # Corrupt bytes make PIL raise many different types (OSError, SyntaxError,
+  # ValueError, struct.error, ...). Any of them means "skip this example";
+  # `FullBatchIterDataset` counts the None.
+  logging.warning('Skipping unreadable example %s: %s: %s',
+                  source.describe(index), type(error).__name__, error)
+
+
 class LoadExample:
   """Maps (stream position, source index) -> example dict, or None on failure.
 
@@ -49,30 +87,54 @@ class LoadExample:
     try:
       pixels, label = self._source.load(index)
     except Exception as e:  # pylint: disable=broad-exception-caught
-      # Corrupt bytes make PIL raise many different types (OSError,
-      # SyntaxError, ValueError, struct.error, ...). Any of them means "skip
-      # this example"; `FullBatchIterDataset` counts the None.
-      logging.warning('Skipping unreadable example %s: %s: %s',
-                      self._source.describe(index), type(e).__name__, e)
+      _warn_skip(self._source, index, e)
       return None
     if self._random_flip:
-      rng = np.random.default_rng((self._seed, position))
-      if rng.random() < 0.5:
-        pixels = pixels[:, ::-1]
+      pixels = _flip(pixels, self._seed, position)
     return {'pixels': np.ascontiguousarray(pixels),
             'label': np.asarray(label, np.int32)}
+
+
+class LoadCaptionedExample:
+  """As `LoadExample` for a `CaptionSource`: (position, index) -> dict | None.
+
+  The dict holds `pixels`, `caption` (a 0-d str array, stacked into (B,) by
+  the batcher) and, when the source has labels, `label`.
+  """
+
+  def __init__(self, source: CaptionSource, *, random_flip: bool, seed: int):
+    self._source = source
+    self._random_flip = random_flip
+    self._seed = seed
+
+  def __call__(self, position: int,
+               index: int) -> Optional[dict[str, np.ndarray]]:
+    index = int(index)
+    rng = np.random.default_rng((self._seed, position, _CAPTION_STREAM))
+    try:
+      pixels, caption, label = self._source.load(index, rng)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      _warn_skip(self._source, index, e)
+      return None
+    if self._random_flip:
+      pixels = _flip(pixels, self._seed, position)
+    example = {'pixels': np.ascontiguousarray(pixels),
+               'caption': np.asarray(caption, np.str_)}
+    if label is not None:
+      example['label'] = np.asarray(label, np.int32)
+    return example
 
 
 def to_model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Batch of `pixels` -> `raw_image` in [0, 1] and `image` in [-1, 1].
 
   Args:
-    batch: `pixels` (B, S, S, 3) uint8 or float32, `label` (B,), and
-      `num_skipped` ().
+    batch: `pixels` (B, S, S, 3) uint8 or float32, `num_skipped` () and the
+      other fields (`label` (B,), `caption` (B,) str), passed through.
 
   Returns:
     `image` float32 (B, S, S, 3) in [-1, 1], `raw_image` float32 (B, S, S, 3)
-    in [0, 1], `label` int32 (B,), `num_skipped` int32 ().
+    in [0, 1], and the other fields copied.
   """
   raw = preprocess.to_unit_float(batch['pixels'])
   # Plain copies: arrays from worker processes are views of shared memory

@@ -1,21 +1,23 @@
 """The training input pipeline: one Grain graph for every source.
 
     range(N) -> shuffle(seed) -> repeat() -> map_with_index(load + flip)
-      -> [process_index::process_count]               (this host's shard)
+      -> ProcessBlockShard                            (this host's rows)
       -> to_iter_dataset(threads)                     (parallel decoding)
       -> FullBatchIterDataset(local_batch)            (drop + count failures)
       -> mp_prefetch(num_workers)                     (if num_workers > 0)
       -> map(to_model_inputs)                         ([0,1] and [-1,1])
+      -> map(TokenizeCaptions)                        (captioned sources)
 
 Shuffling is global (every host shuffles the same index stream with the same
-seed) and each host keeps every process_count-th position, so hosts read
-disjoint examples and each epoch is reshuffled (Grain reseeds the shuffle per
-epoch). Everything is a deterministic function of the seed, the positions
+seed) and each host keeps its block of rows of every global batch, so hosts
+read disjoint examples and each epoch is reshuffled (Grain reseeds the shuffle
+per epoch). Captioned sources follow the same graph; their caption strings
+travel through the workers and are tokenized last, on this thread. Everything is a deterministic function of the seed, the positions
 consumed and num_workers, which is what makes the iterator state tiny and
 checkpointable.
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 from absl import flags
 import grain
@@ -23,22 +25,79 @@ import jax
 import ml_collections
 
 from pixnerd_jax.data import batching
-from pixnerd_jax.data import sharding as data_sharding
+from pixnerd_jax.data import caption_folder
+from pixnerd_jax.data import caption_tar
+from pixnerd_jax.data import captions
 from pixnerd_jax.data import digits
+from pixnerd_jax.data import digits_captions
 from pixnerd_jax.data import folder
+from pixnerd_jax.data import global_batch
 from pixnerd_jax.data import loading
+from pixnerd_jax.data import sharding as data_sharding
 from pixnerd_jax.data import tfds_source
 
-SOURCE_NAMES = ('digits', 'tfds', 'folder')
+CLASS_SOURCE_NAMES = ('digits', 'tfds', 'folder')
+CAPTION_SOURCE_NAMES = ('digits_captions', 'caption_folder', 'caption_tar',
+                        'tfds_captions')
+SOURCE_NAMES = CLASS_SOURCE_NAMES + CAPTION_SOURCE_NAMES
 
 
-def make_source(data_config: ml_collections.ConfigDict) -> loading.Source:
+def is_captioned(data_config: ml_collections.ConfigDict) -> bool:
+  """Whether `data_config.name` is a captioned (text-to-image) source."""
+  if data_config.name not in SOURCE_NAMES:
+    raise ValueError(
+        f'config.data.name={data_config.name!r} is not one of {SOURCE_NAMES}.')
+  return data_config.name in CAPTION_SOURCE_NAMES
+
+
+def batch_keys(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The batch fields to pass to `make_global_batch(..., keys=...)`."""
+  if not is_captioned(data_config):
+    return global_batch.BATCH_KEYS
+  if data_config.name == 'digits_captions':
+    return global_batch.CAPTION_BATCH_KEYS + ('label',)
+  return global_batch.CAPTION_BATCH_KEYS
+
+
+def caption_vocabulary(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Every word the captions of `data_config` can hold, for the word-level
+  tokenizer of a stand-in text encoder; only a templated source has one."""
+  if data_config.name != 'digits_captions':
+    raise ValueError(
+        f'config.data.name={data_config.name!r} has no closed caption vocabulary, '
+        'so it cannot train with a stand-in text encoder: set '
+        '--config.text_encoder.path to a Hugging Face Qwen3 folder.')
+  return digits_captions.caption_vocabulary()
+
+
+def make_source(
+    data_config: ml_collections.ConfigDict
+) -> Union[loading.Source, loading.CaptionSource]:
   """Builds the random-access source named by `data_config.name`."""
   resolution = int(data_config.resolution)
   if resolution <= 0:
     raise ValueError(
         f'config.data.resolution must be positive, got {resolution}.')
   name = data_config.name
+  if name == 'digits_captions':
+    return digits_captions.DigitsCaptionSource(resolution)
+  if name == 'caption_folder':
+    if not data_config.get('folder'):
+      raise ValueError(
+          "config.data.name='caption_folder' needs config.data.folder, a "
+          'folder tree of images with sidecar captions (x.jpg + x.txt).')
+    return caption_folder.CaptionFolderSource(data_config.folder, resolution)
+  if name == 'caption_tar':
+    return caption_tar.CaptionTarSource(
+        data_config.get('tar_shards', ''), resolution,
+        caption_field=data_config.get('caption_field', 'caption'),
+        cache_dir=data_config.get('index_cache_dir') or None)
+  if name == 'tfds_captions':
+    return tfds_source.TfdsCaptionSource(
+        data_config.tfds_name, data_config.get('split', 'train'),
+        data_config.get('data_dir'), resolution,
+        image_feature=data_config.get('image_feature', 'image'),
+        text_feature=data_config.get('text_feature', 'caption'))
   if name == 'digits':
     return digits.DigitsSource(resolution)
   if name == 'folder':
@@ -49,7 +108,7 @@ def make_source(data_config: ml_collections.ConfigDict) -> loading.Source:
   if name == 'tfds':
     return tfds_source.TfdsSource(
         data_config.tfds_name, data_config.get('split', 'train'),
-        data_config.get('data_dir'), resolution)
+        data_config.get('data_dir') or None, resolution)  # '' = unset
   raise ValueError(
       f'config.data.name={name!r} is not one of {SOURCE_NAMES}.')
 
@@ -61,31 +120,43 @@ def create_train_iterator(
     seed: Optional[int] = None,
     process_index: Optional[int] = None,
     process_count: Optional[int] = None,
+    tokenizer: Optional[captions.Tokenizer] = None,
 ) -> grain.DatasetIterator:
   """Creates this process's infinite, checkpointable training iterator.
 
   Args:
-    data_config: the `config.data` block (see `pixnerd_jax.data.config`).
+    data_config: the `config.data` block (configs/default.py).
     global_batch_size: batch size summed over all processes.
-    seed: shuffle / flip seed in [0, 2**32); defaults to `data_config.seed`.
+    seed: shuffle / flip / caption seed in [0, 2**32); defaults to
+      `data_config.seed`.
     process_index: this host's index; defaults to `jax.process_index()`.
     process_count: number of hosts; defaults to `jax.process_count()`.
+    tokenizer: required by captioned sources (CAPTION_SOURCE_NAMES), refused
+      by class sources: an object with `tokenize(list[str])` returning
+      `input_ids` and `attention_mask`, (B, L) ints with a fixed L (e.g.
+      `pixnerd_jax.text_encoder.TextEncoder`). It runs on this thread, after
+      the worker processes, so it need not be picklable.
 
   Returns:
     A Grain iterator yielding dicts of numpy arrays with
     local_batch = global_batch_size // process_count:
       `image`: float32 (local_batch, S, S, 3) in [-1, 1].
       `raw_image`: float32 (local_batch, S, S, 3) in [0, 1].
-      `label`: int32 (local_batch,).
+      `label`: int32 (local_batch,); class sources and digits_captions.
+      `input_ids`, `attention_mask`: int32 (local_batch, L); captioned
+        sources.
       `num_skipped`: int32 (), unreadable examples dropped while assembling
         this batch (sum it over batches and hosts for a running total).
-    It has `get_state()` / `set_state()`; see `iterator_checkpoint_args` for
-    saving it with Orbax. The batches depend on (seed, num_workers, process
-    layout): restore with the same three.
+    `batch_keys(data_config)` lists the fields with a batch axis. The
+    iterator has `get_state()` / `set_state()`; see `iterator_checkpoint_args`
+    for saving it with Orbax. The batches depend on (seed, num_workers,
+    process layout): restore with the same three.
 
   Raises:
-    ValueError: bad config, indivisible batch, or fewer examples than one
-      global batch. FileNotFoundError: missing folder / unprepared TFDS data.
+    ValueError: bad config, indivisible batch, fewer examples than one global
+      batch, or a tokenizer missing / given where it does not belong.
+    FileNotFoundError: missing folder, no shard matching the glob, unprepared
+      TFDS data.
   """
   if process_index is None:
     process_index = jax.process_index()
@@ -105,6 +176,19 @@ def create_train_iterator(
         f'of the number of processes ({process_count}).')
   local_batch_size = global_batch_size // process_count
 
+  captioned = is_captioned(data_config)
+  if captioned and tokenizer is None:
+    raise ValueError(
+        f'config.data.name={data_config.name!r} is a captioned source: pass '
+        'create_train_iterator(..., tokenizer=...) (e.g. the TextEncoder) to '
+        'turn its captions into input_ids and attention_mask.')
+  if not captioned and tokenizer is not None:
+    raise ValueError(
+        f'config.data.name={data_config.name!r} is a class-labelled source '
+        'and has no captions to tokenize: drop the tokenizer, or choose one of '
+        f'the captioned sources {CAPTION_SOURCE_NAMES}.')
+  token_length = captions.token_length(tokenizer) if captioned else None
+
   source = make_source(data_config)
   if len(source) < global_batch_size:
     raise ValueError(
@@ -116,7 +200,8 @@ def create_train_iterator(
   if data_config.get('shuffle', True):
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat()  # Infinite; a shuffled parent is reshuffled every epoch.
-  ds = ds.map_with_index(loading.LoadExample(
+  load = loading.LoadCaptionedExample if captioned else loading.LoadExample
+  ds = ds.map_with_index(load(
       source, random_flip=bool(data_config.get('random_flip', False)),
       seed=seed))
   ds = data_sharding.ProcessBlockShard(
@@ -153,4 +238,6 @@ def create_train_iterator(
   # `next()` on the training thread, overlapping the asynchronously
   # dispatched train step.
   it_ds = it_ds.map(loading.to_model_inputs)
+  if captioned:
+    it_ds = it_ds.map(captions.TokenizeCaptions(tokenizer, token_length))
   return iter(it_ds)

@@ -1,10 +1,13 @@
-"""Image decoding and the reference (ADM) centre crop.
+"""Image decoding and the reference's two centre crops.
 
 PixNerd's official data pipeline loads ImageNet with PIL, converts to RGB and
 applies the ADM `center_crop_arr`: repeated 2x BOX downsampling while the short
 side is at least twice the target, one BICUBIC resize of the short side to the
 target, then a centre crop. Matching it exactly matters because FID at 256/512
 is sensitive to the resampling filters used on the training images.
+
+Its text-to-image dataset (`ImageText`) instead applies torchvision's
+`Resize(S)` + `CenterCrop(S)` to the PIL image: `resize_center_crop` here.
 """
 
 import io
@@ -67,15 +70,41 @@ def center_crop(image: Image.Image, size: int) -> np.ndarray:
   return pixels[top:top + size, left:left + size]
 
 
-def decode_and_crop(encoded: bytes, size: int) -> np.ndarray:
-  """Decodes an encoded image (JPEG/PNG/WebP/...) and centre-crops it.
+def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
+  """torchvision `Resize(S)` then `CenterCrop(S)` on a PIL image.
+
+  Resize(S) scales the short side to S and the long side to
+  int(S * long / short) (truncated, not rounded), with bilinear filtering.
+  On a PIL image torchvision calls PIL's own `resize(..., BILINEAR)`, which
+  always antialiases (the filter support widens with the downscaling factor),
+  so this is the reference's exact computation, not an approximation of it;
+  only torchvision's tensor path (`antialias=True` on torch tensors) differs
+  from PIL, by at most one 8-bit level (measured on photo-like images).
+  CenterCrop offsets are int(round((side - S) / 2)) (Python's round: half to
+  even), unlike the ADM crop's floor division.
 
   Args:
-    encoded: the image file's bytes.
+    image: an RGB PIL image of any size.
     size: the side S of the square output.
 
   Returns:
     uint8 array (S, S, 3).
+  """
+  width, height = image.size
+  if width <= height:
+    new_size = (size, int(size * height / width))
+  else:
+    new_size = (int(size * width / height), size)
+  if new_size != image.size:
+    image = image.resize(new_size, resample=Image.BILINEAR)
+  pixels = np.asarray(image)
+  top = int(round((pixels.shape[0] - size) / 2.0))
+  left = int(round((pixels.shape[1] - size) / 2.0))
+  return pixels[top:top + size, left:left + size]
+
+
+def decode(encoded: bytes) -> Image.Image:
+  """Fully decodes an encoded image (JPEG/PNG/WebP/...) to an RGB PIL image.
 
   Raises:
     Whatever PIL raises for corrupt, truncated or non-image bytes (OSError,
@@ -85,12 +114,46 @@ def decode_and_crop(encoded: bytes, size: int) -> np.ndarray:
     # `load()` forces the full decode here, so truncated files fail now rather
     # than silently later.
     image.load()
-    rgb = to_rgb(image)
-  pixels = center_crop(rgb, size)
+    return to_rgb(image)
+
+
+def _checked(pixels: np.ndarray, size: int) -> np.ndarray:
   if pixels.shape != (size, size, 3):
     raise ValueError(f'Cropped image has shape {pixels.shape}, expected '
                      f'{(size, size, 3)}.')
   return pixels
+
+
+def decode_and_crop(encoded: bytes, size: int) -> np.ndarray:
+  """Decodes an encoded image and applies the ADM centre crop (class data).
+
+  Args:
+    encoded: the image file's bytes.
+    size: the side S of the square output.
+
+  Returns:
+    uint8 array (S, S, 3).
+
+  Raises:
+    As `decode`, for corrupt, truncated or non-image bytes.
+  """
+  return _checked(center_crop(decode(encoded), size), size)
+
+
+def decode_resize_crop(encoded: bytes, size: int) -> np.ndarray:
+  """Decodes an encoded image and applies `resize_center_crop` (caption data).
+
+  Args:
+    encoded: the image file's bytes.
+    size: the side S of the square output.
+
+  Returns:
+    uint8 array (S, S, 3).
+
+  Raises:
+    As `decode`, for corrupt, truncated or non-image bytes.
+  """
+  return _checked(resize_center_crop(decode(encoded), size), size)
 
 
 def to_unit_float(pixels: np.ndarray) -> np.ndarray:

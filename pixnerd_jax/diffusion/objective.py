@@ -38,16 +38,22 @@ def interpolate(x, noise, t):
   return t_ * x + (1.0 - t_) * noise, x - noise
 
 
-def flow_matching_inputs(rng, images, labels, *, null_class: int, label_dropout: float,
+def flow_matching_inputs(rng, images, labels, *, null_class: int | None, label_dropout: float,
                          time_distribution: str = "logit_normal", time_mean: float = 0.0,
                          time_std: float = 1.0, time_shift: float = 1.0):
-  """Draws (x_t, t, y, target) for one batch: images (B, H, W, C) in [-1, 1], labels (B,)."""
+  """Draws (x_t, t, y, target) for one batch: images (B, H, W, C) in [-1, 1], labels (B,).
+
+  labels may be any per-sample condition (text features) when label_dropout is 0: the
+  text model drops captions before encoding them (train.text_condition).
+  """
   rng_t, rng_noise, rng_drop = jax.random.split(rng, 3)
   t = sample_time(rng_t, images.shape[0], distribution=time_distribution, mean=time_mean,
                   std=time_std, shift=time_shift)
   noise = jax.random.normal(rng_noise, images.shape, jnp.float32)
   x_t, target = interpolate(images.astype(jnp.float32), noise, t)
-  y = drop_labels(rng_drop, labels, probability=label_dropout, null_class=null_class)
+  y = labels
+  if label_dropout > 0:
+    y = drop_labels(rng_drop, labels, probability=label_dropout, null_class=null_class)
   return x_t, t, y, target
 
 

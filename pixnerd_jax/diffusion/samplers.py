@@ -10,8 +10,12 @@ starting noise to t = 1 on the reference grid (`time_grid`). All are pure functi
           (the corrector's velocity is reused as the next predictor's) or two (`exact`).
   adamlm  Adams-Bashforth with Lagrange-interpolation coefficients, orders 1-4 (5.3).
 
+Conditions: `labels` is any per-sample condition, (B,) class ids or (B, T, E) text
+features; `null_class` the unconditional one, broadcast to it: the null label (an int) or
+the empty prompt's features (1, T, E).
+
 Guidance: a model call at time t is guided iff gmin < t < gmax (strict, float32, as the
-reference). Guided calls run one doubled batch [uncond; cond]; the reference also runs
+reference; the reference's Heun ignores the interval: pass (-inf, inf) to match it). Guided calls run one doubled batch [uncond; cond]; the reference also runs
 the doubled batch outside the interval and uses w = 1, whereas here only the conditional
 half runs there (`skip_unguided=True`, the same result for half the cost of those calls).
 The time grid reproduces the reference bit for bit in float32, because the interval test
@@ -25,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# velocity_fn(x (B, H, W, C), t (B,), y (B,)) -> velocity (B, H, W, C)
+# velocity_fn(x (B, H, W, C), t (B,), y) -> velocity (B, H, W, C); y is the condition:
+# (B,) class labels, or (B, T, E) text features for the text-to-image model.
 VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 SAMPLERS = ("euler", "heun", "adamlm")
@@ -91,7 +96,7 @@ def is_guided(t, interval: tuple[float, float]):
   return (t > lo) & (t < hi)
 
 
-def guided_velocity(velocity_fn: VelocityFn, x, t, labels, *, null_class: int,
+def guided_velocity(velocity_fn: VelocityFn, x, t, labels, *, null_class,
                     guidance: float, interval: tuple[float, float],
                     skip_unguided: bool = True):
   """Velocity with classifier-free guidance inside the strict interval gmin < t < gmax.
@@ -100,7 +105,8 @@ def guided_velocity(velocity_fn: VelocityFn, x, t, labels, *, null_class: int,
   `skip_unguided` only the conditional half runs (a lax.cond, so the skipped half costs
   nothing); without it the doubled batch runs with w = 1, as in the reference.
   Args:
-    x: (B, H, W, C); t: scalar float32 time of this call; labels: (B,) int.
+    x: (B, H, W, C); t: scalar float32 time of this call; labels: (B, ...) condition;
+    null_class: the unconditional condition, broadcastable to labels.
   Returns:
     (B, H, W, C) float32.
   """
@@ -113,7 +119,8 @@ def guided_velocity(velocity_fn: VelocityFn, x, t, labels, *, null_class: int,
 
   def doubled(scale):
     xs = jnp.concatenate([x, x], axis=0)
-    ys = jnp.concatenate([jnp.full_like(labels, null_class), labels], axis=0)
+    uncond = jnp.broadcast_to(jnp.asarray(null_class, labels.dtype), labels.shape)
+    ys = jnp.concatenate([uncond, labels], axis=0)
     v = velocity_fn(xs, jnp.concatenate([t_batch, t_batch]), ys).astype(jnp.float32)
     uncond, cond = v[:batch], v[batch:]
     return uncond + scale * (cond - uncond)
@@ -186,7 +193,7 @@ def _step_noise(key, step, like):
 def euler_sample(velocity_fn: VelocityFn, noise, labels, *, num_steps: int,
                  guidance: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                  timeshift: float = 1.0, last_step: float | None = None,
-                 null_class: int, step_fn: str = "ode", last_step_fn: str = "ode",
+                 null_class, step_fn: str = "ode", last_step_fn: str = "ode",
                  key=None, skip_unguided: bool = True, return_trajectory: bool = False):
   """Integrates dx/dt = v from t = 0 (noise) to t = 1 with Euler steps.
 
@@ -228,7 +235,7 @@ def euler_sample(velocity_fn: VelocityFn, noise, labels, *, num_steps: int,
 
 def heun_sample(velocity_fn: VelocityFn, noise, labels, *, num_steps: int,
                 guidance: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
-                timeshift: float = 1.0, last_step: float | None = None, null_class: int,
+                timeshift: float = 1.0, last_step: float | None = None, null_class,
                 exact: bool = False, skip_unguided: bool = True,
                 return_trajectory: bool = False):
   """Heun (trapezoid predictor-corrector) from t = 0 to 1; the last step is Euler.
@@ -319,7 +326,7 @@ def adams_coefficients(ts: np.ndarray, order: int) -> np.ndarray:
 
 def adamlm_sample(velocity_fn: VelocityFn, noise, labels, *, num_steps: int,
                   guidance: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
-                  timeshift: float = 1.0, last_step: float | None = None, null_class: int,
+                  timeshift: float = 1.0, last_step: float | None = None, null_class,
                   order: int = 2, skip_unguided: bool = True,
                   return_trajectory: bool = False):
   """Adams-Bashforth multistep ("AdamLM", spec 5.3), one model call per step.
@@ -356,7 +363,7 @@ _SAMPLE_FNS = {"euler": euler_sample, "heun": heun_sample, "adamlm": adamlm_samp
 def sample(velocity_fn: VelocityFn, noise, labels, *, sampler: str = "euler",
            num_steps: int, guidance: float = 1.0,
            guidance_interval: tuple[float, float] = (0.0, 1.0), timeshift: float = 1.0,
-           last_step: float | None = None, null_class: int, order: int = 2,
+           last_step: float | None = None, null_class, order: int = 2,
            exact_heun: bool = False, step_fn: str = "ode", key=None,
            skip_unguided: bool = True, return_trajectory: bool = False):
   """One entry for every sampler.
@@ -364,7 +371,8 @@ def sample(velocity_fn: VelocityFn, noise, labels, *, sampler: str = "euler",
   Args:
     velocity_fn: (x (B, H, W, C), t (B,), y (B,)) -> velocity (B, H, W, C).
     noise: (B, H, W, C) starting point (t = 0).
-    labels: (B,) int; `null_class` is the unconditional label.
+    labels: (B,) int class ids or (B, T, E) text features; `null_class` is the
+      unconditional label, or the empty prompt's features (1, T, E).
     sampler: "euler" | "heun" | "adamlm".
     order: AdamLM order (1..4). exact_heun: Heun without velocity reuse.
     step_fn, key: Euler's step ("ode", "sde_mean", "sde", "sde_preserve") and its noise.

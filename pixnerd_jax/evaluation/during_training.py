@@ -15,51 +15,84 @@ FINAL_GRID_NAME = "samples_final.png"
 
 
 class TrainingEvaluator:
-  """Samples the EMA model with config.sampling; writes grids and metrics via `writer`."""
+  """Samples the EMA model with config.sampling; writes grids and metrics via `writer`.
 
-  def __init__(self, config, model, workdir: str, writer):
+  Class models sample labels (a grid row per class); text models sample captions:
+  config.sampling.prompts (';'-separated), or for digits_captions the held-out caption
+  templates, whose samples the digits judge scores against the digit they name.
+  """
+
+  def __init__(self, config, model, workdir: str, writer, text=(None, None)):
     self._config = config
     self._model = model
     self._workdir = workdir
     self._writer = writer
     self._judge = None
     self._fid_inputs = None
-    s = config.sampling
-    shape = (config.data.resolution, config.data.resolution, model.in_channels)
-    self._shape = shape
+    self._text_encoder, self._text_params = text
+    self._shape = (config.data.resolution, config.data.resolution, model.in_channels)
+    settings = samplers.settings_from_config(config.sampling)
+    null = model.num_classes
 
-    def sample(params, noise, labels):
+    def sample(params, noise, condition, null):
       velocity = lambda x, t, y: model.apply({"params": params}, x, t, y)
-      return samplers.euler_sample(
-          velocity, noise, labels, num_steps=s.num_steps, guidance=s.guidance,
-          guidance_interval=(s.guidance_interval_min, s.guidance_interval_max),
-          timeshift=s.timeshift, last_step=s.last_step, null_class=model.num_classes)
+      return samplers.sample(velocity, noise, condition, null_class=null, **settings)
 
-    self._sample = jax.jit(sample)
+    jitted = jax.jit(sample)
+    if model.conditioning == "text":
+      null = self._text_encoder.unconditional(self._text_params)
+    self._sample = lambda params, noise, condition: jitted(params, noise, condition, null)
 
-  def generate(self, params, labels: np.ndarray, seed: int, chunk: int = 250) -> np.ndarray:
-    """(N,) labels -> (N, H, W, C) float32 samples in model range, fixed noise per seed."""
+  def _conditions(self, conditions):
+    """Labels as they are; captions through the frozen encoder (B, T, E)."""
+    if self._model.conditioning != "text":
+      return jnp.asarray(conditions, jnp.int32)
+    return jnp.asarray(self._text_encoder.encode_texts(self._text_params, list(conditions)))
+
+  def generate(self, params, conditions, seed: int, chunk: int = 250) -> np.ndarray:
+    """(N,) labels or N captions -> (N, H, W, C) float32 samples in model range, fixed
+    noise per seed."""
     out = []
-    for start in range(0, len(labels), chunk):
-      part = jnp.asarray(labels[start:start + chunk], jnp.int32)
+    for start in range(0, len(conditions), chunk):
+      part = self._conditions(conditions[start:start + chunk])
       noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), start),
                                 (len(part),) + self._shape)
       out.append(np.asarray(self._sample(params, noise, part)))
     return np.concatenate(out)
 
-  def grid(self, params) -> np.ndarray:
-    rows = min(self._config.grid_classes, self._model.num_classes)
-    labels = np.repeat(np.arange(rows), GRID_COLUMNS)
-    samples = self.generate(params, labels, seed=self._config.seed + 1)
+  def _grid_conditions(self):
+    """(conditions for GRID_COLUMNS samples each, number of rows) or (None, 0)."""
+    if self._model.conditioning != "text":
+      rows = min(self._config.grid_classes, self._model.num_classes)
+      return np.repeat(np.arange(rows), GRID_COLUMNS), rows
+    prompts = [p.strip() for p in self._config.sampling.get("prompts", "").split(";")]
+    prompts = [p for p in prompts if p]
+    if not prompts and self._config.data.name == "digits_captions":
+      from pixnerd_jax.data import digits_captions  # pylint: disable=g-import-not-at-top
+      prompts, _ = digits_captions.evaluation_captions(self._config.grid_classes)
+    if not prompts:
+      return None, 0
+    return [p for p in prompts for _ in range(GRID_COLUMNS)], len(prompts)
+
+  def grid(self, params) -> np.ndarray | None:
+    conditions, rows = self._grid_conditions()
+    if conditions is None:
+      return None
+    samples = self.generate(params, conditions, seed=self._config.seed + 1)
     return images_lib.make_grid(images_lib.to_uint8(samples), rows)
 
   def write_sample_grid(self, step: int, params) -> None:
-    self._writer.write_images(step, {"samples/ema": self.grid(params)[None]})
+    grid = self.grid(params)
+    if grid is not None:
+      self._writer.write_images(step, {"samples/ema": grid[None]})
 
-  def save_final_grid(self, params) -> str:
+  def save_final_grid(self, params) -> str | None:
     path = os.path.join(self._workdir, FINAL_GRID_NAME)
+    grid = self.grid(params)
+    if grid is None:
+      return None
     if jax.process_index() == 0:
-      images_lib.save_png(self.grid(params), path)
+      images_lib.save_png(grid, path)
       logging.info("Wrote the final sample grid to %s", path)
     return path
 
@@ -68,10 +101,18 @@ class TrainingEvaluator:
     Inception Score when config.fid names Inception weights and reference statistics."""
     fid_config = self._config.fid
     use_fid = bool(fid_config.inception and fid_config.reference)
-    if num_samples <= 0 or (self._config.data.name != "digits" and not use_fid):
+    digits = self._config.data.name in ("digits", "digits_captions")
+    if num_samples <= 0 or (not digits and not use_fid):
       return {}
-    labels = np.arange(num_samples) % self._model.num_classes
-    samples = self.generate(params, labels, seed=self._config.seed + 2)
+    if self._model.conditioning == "text":
+      if self._config.data.name != "digits_captions":
+        return {}  # FID of text models needs prompts: python -m pixnerd_jax.sample
+      from pixnerd_jax.data import digits_captions  # pylint: disable=g-import-not-at-top
+      # Captions from templates held out of training: the digit must come from the text.
+      conditions, labels = digits_captions.evaluation_captions(num_samples)
+    else:
+      conditions = labels = np.arange(num_samples) % self._model.num_classes
+    samples = self.generate(params, conditions, seed=self._config.seed + 2)
     if use_fid:
       from pixnerd_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
       if self._fid_inputs is None:

@@ -16,17 +16,20 @@ ADM evaluation suite on the same .npz.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import sys
 import zipfile
 
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
+from pixnerd_jax import console
 from pixnerd_jax.evaluation import frechet
 from pixnerd_jax.evaluation import inception
 
@@ -112,11 +115,13 @@ def inception_outputs(variables, images, batch_size: int = DEFAULT_BATCH):
   fn = _network_fn(mesh)
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   pools, logits = [], []
-  for batch in _batches(images, batch_size):
+  for i, batch in enumerate(_batches(images, batch_size)):
     if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
       raise ValueError(f"Expected uint8 (N, H, W, 3) images, got {batch.dtype} {batch.shape}.")
     n = len(batch)
-    padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, 0)])
+    # Fewer images than one batch: run them at their own size (still one compile).
+    size = batch_size if i or n == batch_size else -(-n // len(devices)) * len(devices)
+    padded = np.concatenate([batch, np.repeat(batch[-1:], size - n, 0)])
     pool, logit = fn(variables, padded)
     pools.append(np.asarray(pool, np.float64)[:n])
     logits.append(np.asarray(logit)[:n])
@@ -239,7 +244,35 @@ def _scores(pool, logits, reference_stats, splits: int, method: str) -> dict:
           "num_samples": int(len(pool))}
 
 
+class InputError(ValueError):
+  """A file given on the command line does not read; the message names the flag."""
+
+
+_READ_ERRORS = (ValueError, OSError, KeyError, zipfile.BadZipFile)
+_WHAT_TO_PASS = {
+    "--inception": "pass the .npz written by `python -m pixnerd_jax.evaluation.inception "
+                   "convert`",
+    "--reference": "pass an .npz with mu/sigma, an .npz of uint8 images (arr_0) or an "
+                   "image folder",
+    "--samples": "pass the .npz written by `python -m pixnerd_jax.sample` (arr_0 uint8 "
+                 "NHWC) or an image folder",
+}
+
+
+@contextlib.contextmanager
+def _reading(flag: str, path: str):
+  try:
+    yield
+  except InputError:
+    raise
+  except _READ_ERRORS as e:
+    raise InputError(f"{flag}={path} does not read: {_WHAT_TO_PASS[flag]}. "
+                     f"({console.summary(e, 200)})") from e
+
+
+@console.entry_point(known=(InputError, OSError), oom_hint="lower --batch_size")
 def main(argv=None) -> int:
+  console.quiet_start()
   parser = argparse.ArgumentParser(prog="python -m pixnerd_jax.evaluation.fid",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,14 +288,17 @@ def main(argv=None) -> int:
   parser.add_argument("--method", default="eigh", choices=["eigh", "sqrtm"],
                       help="matrix square root: eigh (fast, exact for PSD) or scipy sqrtm "
                       "(pytorch-fid/ADM)")
+  parser.add_argument("--verbose", action="store_true",
+                      help="print the full traceback of an error")
   args = parser.parse_args(argv)
-  try:
+  if args.verbose:
+    logging.set_verbosity(logging.DEBUG)
+  with _reading("--inception", args.inception):
     variables = inception.load_variables(args.inception)
+  with _reading("--reference", args.reference):
     reference = load_reference_stats(args.reference, variables, args.batch_size)
+  with _reading("--samples", args.samples):
     pool, logits = inception_outputs(variables, args.samples, args.batch_size)
-  except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
   if args.save_stats:
     mu, sigma = frechet.feature_statistics(pool)
     with open(args.save_stats, "wb") as f:

@@ -16,6 +16,7 @@ so the converter is a rename plus transposes:
 """
 
 import argparse
+import os
 import sys
 from typing import Mapping
 
@@ -285,6 +286,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
 def save_variables(path: str, variables) -> None:
   """Writes variables as one flat .npz ("params/Mixed_5b/.../kernel": array)."""
   flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, variables), sep="/")
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "wb") as f:
     np.savez(f, **flat)
 

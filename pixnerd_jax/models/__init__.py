@@ -21,15 +21,18 @@ def build_model(model_config, **extra) -> PixNerDiT:
   return PixNerDiT(dtype=_DTYPES[dtype], **fields, **extra)
 
 
-
-
 def dummy_inputs(model: PixNerDiT, batch: int = 1, height: int | None = None,
                  width: int | None = None):
-  """Zero (x, t, y) inputs for init; the smallest valid image by default."""
+  """Zero (x, t, y) inputs for init; the smallest valid image by default. y is labels
+  (B,) or text features (B, txt_max_length, txt_embed_dim)."""
   height = height or model.patch_size
   width = width or model.patch_size
+  if model.conditioning == "text":
+    y = jnp.zeros((batch, model.txt_max_length, model.txt_embed_dim), jnp.float32)
+  else:
+    y = jnp.zeros((batch,), jnp.int32)
   return (jnp.zeros((batch, height, width, model.in_channels), jnp.float32),
-          jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.int32))
+          jnp.zeros((batch,), jnp.float32), y)
 
 
 def boxed_param_shapes(model: PixNerDiT):

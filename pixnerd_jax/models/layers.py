@@ -60,8 +60,15 @@ def torch_dense(features: int, fan_in: int, *, axes: tuple[str, str], use_bias: 
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm over the last axis, statistics in float32, eps 1e-6, weight init 1."""
+  """RMSNorm over the last axis, statistics in float32, eps 1e-6, weight init 1.
+
+  Attributes:
+    cast_before_weight: the c2i reference casts the normalised value back to the input
+      dtype before applying the weight; the t2i one applies the weight first. The two
+      agree exactly in float32 and differ by a rounding in bfloat16.
+  """
   eps: float = 1e-6
+  cast_before_weight: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -71,9 +78,10 @@ class RMSNorm(nn.Module):
                         (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    # The reference casts back to the input dtype before applying the weight.
-    normed = normed.astype(x.dtype).astype(jnp.float32)
-    return (normed * weight.astype(jnp.float32)).astype(self.dtype)
+    if self.cast_before_weight:
+      normed = normed.astype(x.dtype).astype(jnp.float32)
+      return (normed * weight.astype(jnp.float32)).astype(self.dtype)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype).astype(self.dtype)
 
 
 def timestep_frequencies(t, dim: int = 256, max_period: float = 10.0):
@@ -140,6 +148,26 @@ class SwiGLU(nn.Module):
     gate = torch_dense(self.hidden_size, dim, axes=("embed", "mlp"), name="w1", **kw)(x)
     value = torch_dense(self.hidden_size, dim, axes=("embed", "mlp"), name="w3", **kw)(x)
     return torch_dense(dim, self.hidden_size, axes=("mlp", "embed"), name="w2",
+                       **kw)(nn.silu(gate) * value)
+
+
+class FusedSwiGLU(nn.Module):
+  """The t2i reference's SwiGLU: w3(silu(a) * b) with [a; b] = w12 x; no biases.
+
+  hidden_size is used as given (4 D in the t2i model, no 2/3 rule).
+  """
+  hidden_size: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    dim = x.shape[-1]
+    gate, value = jnp.split(
+        torch_dense(2 * self.hidden_size, dim, axes=("embed", "mlp"), name="w12", **kw)(x),
+        2, axis=-1)
+    return torch_dense(dim, self.hidden_size, axes=("mlp", "embed"), name="w3",
                        **kw)(nn.silu(gate) * value)
 
 

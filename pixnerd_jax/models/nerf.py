@@ -1,10 +1,15 @@
-"""The neural-field decoder: per-patch MLPs whose weights the trunk predicts (spec 1.5-1.6)."""
+"""The neural-field decoder: per-patch MLPs whose weights the trunk predicts (spec 1.5-1.6).
+
+The t2i model (spec 7.3) differs in flags only: a cosine pixel encoding instead of the
+DCT, only the first generated matrix normalised, no norm before the output layer.
+"""
 
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from pixnerd_jax.models import layers
+from pixnerd_jax.models.rope import rope_2d_angles
 
 
 def dct_pixel_encoding(patch_size: int, max_freqs: int = 8) -> np.ndarray:
@@ -25,18 +30,31 @@ def dct_pixel_encoding(patch_size: int, max_freqs: int = 8) -> np.ndarray:
   return enc.reshape(patch_size * patch_size, max_freqs * max_freqs).astype(np.float32)
 
 
+def cosine_pixel_encoding(height: int, width: int, x_span: float, y_span: float,
+                          num_features: int = 64) -> np.ndarray:
+  """The t2i reference's pixel encoding: the real part of its RoPE table.
+
+  The reference casts a complex 2-D RoPE table (dim 2 * num_features) to a real dtype,
+  which keeps cos only: [cos(x g_0), cos(y g_0), cos(x g_1), ...] with x in
+  linspace(0, x_span, width) and y in linspace(0, y_span, height).
+  Returns:
+    (height * width, num_features) float32, pixels in row-major (y, x) order.
+  """
+  angles = rope_2d_angles(2 * num_features, height, width, x_span=x_span, y_span=y_span)
+  return np.cos(angles).astype(np.float32)
+
+
 class NerfEmbedder(nn.Module):
-  """(N, P, C) pixel values -> (N, P, hidden_size_x): concat [pixels, DCT] then Linear."""
+  """(N, P, C) pixel values -> (N, P, hidden_size_x): concat [pixels, encoding], Linear."""
   hidden_size_x: int
-  patch_size: int
-  max_freqs: int = 8
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, pixels):
+  def __call__(self, pixels, encoding):
+    """pixels: (N, P, C); encoding: (P, F) coordinate features of the patch's pixels."""
     n, num_pixels, _ = pixels.shape
-    enc = jnp.asarray(dct_pixel_encoding(self.patch_size, self.max_freqs), pixels.dtype)
+    enc = jnp.asarray(encoding, pixels.dtype)
     enc = jnp.broadcast_to(enc[None], (n, num_pixels, enc.shape[-1]))
     inputs = jnp.concatenate([pixels, enc], axis=-1)
     return layers.torch_dense(self.hidden_size_x, inputs.shape[-1], axes=("field_in", "field"),
@@ -55,8 +73,13 @@ class NerfBlock(nn.Module):
 
   Attributes:
     mlp_ratio: field MLP width multiplier (hidden = hidden_size_x * mlp_ratio).
+    normalize_w2: also L2-normalise the second generated matrix (c2i); the t2i
+      reference normalises the first only.
+    cast_before_weight: the RMSNorm variant (layers.RMSNorm); False in the t2i model.
   """
   mlp_ratio: int = 2
+  normalize_w2: bool = True
+  cast_before_weight: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -72,22 +95,28 @@ class NerfBlock(nn.Module):
     w1 = generated[:, : dx * hidden].reshape(n, dx, hidden)
     w2 = generated[:, dx * hidden:].reshape(n, hidden, dx)
     w1 = _normalize_inputs_axis(w1.astype(jnp.float32)).astype(self.dtype)
-    w2 = _normalize_inputs_axis(w2.astype(jnp.float32)).astype(self.dtype)
-    normed = layers.RMSNorm(name="norm", **kw)(h)
+    if self.normalize_w2:
+      w2 = _normalize_inputs_axis(w2.astype(jnp.float32)).astype(self.dtype)
+    normed = layers.RMSNorm(name="norm", cast_before_weight=self.cast_before_weight, **kw)(h)
     field = nn.silu(jnp.einsum("npi,nio->npo", normed, w1))
     return h + jnp.einsum("npo,nod->npd", field, w2)
 
 
 class NerfFinalLayer(nn.Module):
-  """RMSNorm then a zero-initialised Linear to pixel channels. (N, P, dx) -> (N, P, C)."""
+  """RMSNorm (c2i only) then a zero-initialised Linear to pixel channels.
+
+  (N, P, dx) -> (N, P, C).
+  """
   out_channels: int
+  use_norm: bool = True
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, h):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = layers.RMSNorm(name="norm", **kw)(h)
+    if self.use_norm:
+      h = layers.RMSNorm(name="norm", **kw)(h)
     zeros = nn.initializers.zeros
     return layers.torch_dense(self.out_channels, h.shape[-1], axes=("field", "channels"),
                               kernel_init=zeros, bias_init=zeros, name="linear", **kw)(h)

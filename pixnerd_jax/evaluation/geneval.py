@@ -1,0 +1,82 @@
+"""GenEval image generation in the layout GenEval's evaluator reads.
+
+Input: GenEval's `evaluation_metadata.jsonl` (or the rephrased variant the reference
+sampled from), one JSON object a line with at least "prompt" (and "tag", "include", ...
+which the evaluator uses). Output, for prompt index i (the line number from 0) and
+sample k (djghosh13/geneval, evaluation/evaluate_images.py):
+
+  <out>/<i:05d>/metadata.jsonl          that line's object, as written in the input
+  <out>/<i:05d>/samples/<k:04d>.png
+  <out>/run.json                        the settings (the evaluator only opens digit folders)
+
+Sample k of every prompt starts from the noise of index k (seeds 0..N-1 per prompt, as
+the reference), so a prompt's images do not depend on the other prompts. A prompt is
+finished when its metadata.jsonl exists (written after its samples).
+"""
+
+import json
+import os
+from typing import Sequence
+
+from pixnerd_jax import sample_t2i
+
+METADATA = "metadata.jsonl"
+
+
+def read_metadata(path: str) -> list[dict]:
+  """The objects of an evaluation_metadata.jsonl, each with a string "prompt"."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"GenEval metadata not found: {path} (GenEval's "
+                            "prompts/evaluation_metadata.jsonl).")
+  entries = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        entry = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number} is not a JSON object ({e}).") from e
+      if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
+        raise ValueError(f"{path}:{number} has no \"prompt\" string; is this GenEval's "
+                         "evaluation_metadata.jsonl?")
+      entries.append(entry)
+  if not entries:
+    raise ValueError(f"{path} holds no prompts.")
+  return entries
+
+
+def prompt_dir(out: str, index: int) -> str:
+  return os.path.join(out, f"{index:05d}")
+
+
+def sample_path(out: str, index: int, k: int) -> str:
+  return os.path.join(prompt_dir(out, index), "samples", f"{k:04d}.png")
+
+
+def layout(out: str, metadata: Sequence[dict], samples_per_prompt: int = 4
+           ) -> sample_t2i.Layout:
+  """The Layout of a GenEval run (see the module doc)."""
+  n = samples_per_prompt
+
+  def is_done(i):
+    return (os.path.exists(os.path.join(prompt_dir(out, i), METADATA))
+            and all(os.path.exists(sample_path(out, i, k)) for k in range(n)))
+
+  def write(i, images):
+    os.makedirs(os.path.dirname(sample_path(out, i, 0)), exist_ok=True)
+    for k, image in enumerate(images):
+      sample_t2i.save_png(sample_path(out, i, k), image)
+    line = json.dumps(metadata[i], ensure_ascii=False) + "\n"
+    sample_t2i.write_atomic(os.path.join(prompt_dir(out, i), METADATA),
+                            lambda tmp: _write_text(tmp, line))
+
+  read_manifest, write_manifest = sample_t2i.json_manifest(out)
+  return sample_t2i.Layout(prompts=[m["prompt"] for m in metadata], samples_per_prompt=n,
+                           noise_index=lambda i, k: k, is_done=is_done, write=write,
+                           read_manifest=read_manifest, write_manifest=write_manifest)
+
+
+def _write_text(path: str, text: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)

@@ -1,0 +1,139 @@
+"""Text-to-image training through the same trainer: captions, the frozen text encoder in
+the step, caption dropout, exact resume, config errors."""
+
+import functools
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny_t2i
+from pixnerd_jax import checkpoint, data, text_encoder, train, validation
+from test_train import _assert_same_tree, _run_until_checkpoint_then_signal
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+  config = tiny_t2i.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _stand_in(tmp_path, config):
+  folder = str(tmp_path / "encoder")
+  text_encoder.create_stand_in(folder, data.caption_vocabulary(config.data),
+                               hidden_size=config.model.txt_embed_dim, num_layers=1,
+                               max_length=config.text_encoder.max_length, seed=0)
+  return text_encoder.load_for_run(config.text_encoder.to_dict() | {"path": folder},
+                                   config.model.txt_embed_dim)
+
+
+def test_caption_dropout_gives_exactly_the_empty_prompt_features(tmp_path):
+  config = _config()
+  encoder, params = _stand_in(tmp_path, config)
+  batch = encoder.tokenize(["a handwritten seven", "the digit 3", "number one"])
+  empty = encoder.tokenize([""])
+  kept = train.text_condition(jax.random.key(0), batch, params, text_encoder=encoder,
+                              empty_prompt=empty, dropout=0.0)
+  dropped = train.text_condition(jax.random.key(0), batch, params, text_encoder=encoder,
+                                 empty_prompt=empty, dropout=0.9999)
+  np.testing.assert_allclose(kept, encoder.encode(params, **batch), atol=1e-6)
+  np.testing.assert_allclose(dropped, np.broadcast_to(encoder.unconditional(params),
+                                                      dropped.shape), atol=1e-6)
+  half = train.text_condition(jax.random.key(3), dict(
+      input_ids=np.repeat(batch["input_ids"][:1], 400, 0),
+      attention_mask=np.repeat(batch["attention_mask"][:1], 400, 0)), params,
+                              text_encoder=encoder, empty_prompt=empty, dropout=0.1)
+  is_dropped = np.abs(np.asarray(half) - np.asarray(kept[:1])).max(axis=(1, 2)) > 1e-6
+  assert 20 <= is_dropped.sum() <= 60  # ~10% of 400
+
+
+def test_loss_goes_down_on_captioned_digits(tmp_path):
+  config = _config()
+  encoder, text_params = _stand_in(tmp_path, config)
+  model = train.create_model(config)
+  tx, schedule = train.create_optimizer(config)
+  state = train.create_train_state(train.init_params(model, 0), tx)
+  step = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, schedule=schedule, config=config,
+      text_encoder=encoder, empty_prompt=encoder.tokenize([""])))
+  it = data.create_train_iterator(config.data, global_batch_size=32, seed=0, tokenizer=encoder)
+  losses = []
+  for _ in range(60):
+    batch = next(it)
+    assert batch["input_ids"].shape == (32, config.text_encoder.max_length)
+    state, metrics = step(state, {k: batch[k] for k in ("image", "input_ids",
+                                                         "attention_mask")},
+                          {"text": text_params})
+    losses.append(float(metrics["loss"]))
+  assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:5]), losses
+
+
+def _main_cmd(workdir, *overrides):
+  return [sys.executable, "-m", "pixnerd_jax.main", "--config=configs/tiny_t2i.py",
+          f"--workdir={workdir}", *overrides]
+
+
+def test_killed_t2i_run_resumes_bitwise_identical(tmp_path):
+  overrides = ["--config.num_train_steps=60", "--config.checkpoint_every=5",
+               "--config.log_every=5"]
+  reference = tmp_path / "reference"
+  train.train_and_evaluate(_config(num_train_steps=60, checkpoint_every=5, log_every=5),
+                           str(reference))
+  assert (reference / text_encoder.STAND_IN_DIR / "config.json").is_file()
+  interrupted = tmp_path / "interrupted"
+  code, _ = _run_until_checkpoint_then_signal(_main_cmd(interrupted, *overrides),
+                                              interrupted, signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  stopped_at, _ = checkpoint.load_train_state(str(interrupted))
+  assert stopped_at < 60
+  resumed = subprocess.run(_main_cmd(interrupted, *overrides), cwd=ROOT, capture_output=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+  step_a, state_a = checkpoint.load_train_state(str(reference))
+  step_b, state_b = checkpoint.load_train_state(str(interrupted))
+  assert step_a == step_b == 60
+  for key in ("params", "ema_params", "opt_state"):
+    _assert_same_tree(state_a[key], state_b[key])
+
+
+def test_final_grid_and_held_out_evaluation_are_written(tmp_path):
+  config = _config(num_train_steps=2, checkpoint_every=2, sample_every=2,
+                   final_eval_num_samples=20, grid_classes=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  from PIL import Image
+  grid = Image.open(tmp_path / "samples_final.png")
+  assert grid.size[0] >= 8 * 16 and grid.size[1] >= 3 * 16
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+  assert "final/digits_accuracy" in tags, tags
+
+
+@pytest.mark.parametrize("config_fn,field,value,message", [
+    ("t2i", "data.name", "digits", "has class labels, but model.conditioning='text'"),
+    ("c2i", "data.name", "digits_captions", "has captions, but model.conditioning='class'"),
+    ("t2i", "text_encoder.stand_in", False, "a text-to-image model needs a text encoder"),
+    ("t2i", "text_encoder.path", "/nonexistent/qwen3", "no such folder"),
+    ("t2i", "text_encoder.max_length", 12, "as many tokens as model.txt_max_length=16"),
+])
+def test_t2i_config_errors_are_named(config_fn, field, value, message):
+  if config_fn == "t2i":
+    config = _config(**{field: value})
+  else:
+    from configs import tiny
+    config = tiny.get_config()
+    config.data.name = value
+  with pytest.raises(validation.ConfigError, match=message.replace(".", r"\.")):
+    validation.validate_config(config)
