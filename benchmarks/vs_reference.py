@@ -30,6 +30,7 @@ float32) and the reference runs under torch.autocast("cpu", bfloat16).
 import argparse
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -121,6 +122,10 @@ def _our_step(args, mode: str):
   # The comparison is on this machine's CPU; JAX_PLATFORMS=... set by the user still wins
   # (and keeps an installed libtpu from probing for TPUs).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # As the trainer's entry point does (console.quiet_start): XLA's per-step scratch
+  # stays mapped instead of being page-faulted in at every step (host_malloc.py).
+  from pixnerd_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  host_malloc.for_cpu_backend(os.environ["JAX_PLATFORMS"])
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import default as default_config  # pylint: disable=g-import-not-at-top
@@ -269,12 +274,14 @@ def _worker(side: str, mode: str, args, conn):
       if request is None:
         break
       times, cpu = [], []
+      faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       for _ in range(request):
         start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
-      conn.send((times, cpu))
+      faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start) / request
+      conn.send((times, cpu, faults))
     peak_steps_gib = _status_kib("VmHWM") / 2**20
     conn.send((peak_steps_gib if reset else None, max(peak_before_gib, peak_steps_gib)))
   except Exception as e:  # pylint: disable=broad-except
@@ -295,6 +302,7 @@ class Side:
     _, self.desc, self.first_s = reply
     self.times = []   # per round, a list of step seconds (wall)
     self.cpu = []     # per round, a list of step seconds of CPU time (all threads)
+    self.faults = []  # per round, page faults (minor) per step
 
   def _recv(self):
     reply = self.conn.recv()
@@ -305,9 +313,10 @@ class Side:
 
   def run(self, repeats: int) -> list[float]:
     self.conn.send(repeats)
-    times, cpu = self._recv()
+    times, cpu, faults = self._recv()
     self.times.append(times)
     self.cpu.append(cpu)
+    self.faults.append(faults)
     return times
 
   def close(self):
@@ -333,7 +342,8 @@ def run_mode(mode: str, args) -> dict:
       times = side.run(args.repeats)
       line.append(f"{side.name} {statistics.median(times) * 1e3:7.1f} ms "
                   f"{_img_s(args.batch, times):6.2f} img/s (CPU "
-                  f"{statistics.median(side.cpu[-1]) * 1e3:.0f} ms)")
+                  f"{statistics.median(side.cpu[-1]) * 1e3:.0f} ms, "
+                  f"{side.faults[-1]:.0f} page faults)")
     if len(sides) == 2:
       ratio = _img_s(args.batch, sides[0].times[-1]) / _img_s(args.batch, sides[1].times[-1])
       line.append(f"ratio {ratio:.2f}x")
