@@ -341,7 +341,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     config.text_encoder.stand_in = True  # Qwen3-1.7B shapes stand in for the weights
     if config.data.name != "digits_captions":
       config.data.name = "digits_captions"  # only the captioned kind matters here
-  validation.validate_config(config)
+  validation.validate_config(config, platform="tpu")
 
 
 @console.entry_point(known=(AotError, validation.ConfigError), code=2)

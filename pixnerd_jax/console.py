@@ -31,6 +31,7 @@ from absl import app
 from absl import logging
 
 from pixnerd_jax import distributed
+from pixnerd_jax import host_malloc
 
 _SPEC = re.compile(r"\s*\[tensorstore_spec(?:\[\d+\])?='.*?'\]", re.DOTALL)
 _DRIVER_PREFIX = re.compile(r'Error opening "\w+" driver: ')
@@ -174,9 +175,13 @@ def _quiet_unraisable(previous: Callable) -> Callable:
 
 def quiet_start(tpu: bool = True) -> None:
   """Call first in an entry point's main: see the module doc. tpu=False leaves the JAX
-  backends alone (a tool that loads libtpu on purpose)."""
+  backends alone (a tool that loads libtpu on purpose). On the CPU backend it also
+  keeps XLA's per-step scratch memory mapped (host_malloc.py)."""
+  platforms = skip_tpu_backend() if tpu else None
   if tpu:
-    skip_tpu_backend()
+    import jax  # pylint: disable=g-import-not-at-top
+    host_malloc.for_cpu_backend(platforms or os.environ.get("JAX_PLATFORMS")
+                                or jax.config.jax_platforms)
   if not getattr(sys.unraisablehook, "pixnerd_quiet", False):
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
   for name in ("absl", "asyncio"):

@@ -23,7 +23,11 @@ def _check(ok: bool, field: str, value, problem: str, fix: str) -> None:
     raise ConfigError(f"config.{field} = {value!r}: {problem}. Fix: {fix}")
 
 
-def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None,
+                    platform: str | None = None) -> None:
+  """Raises ConfigError for the first bad field. platform: where the step will run
+  ('cpu', 'gpu', 'tpu'); default jax.default_backend() (aot.py passes 'tpu')."""
+  platform = platform or jax.default_backend()
   m, d, o = config.model, config.data, config.optimizer
   _check(d.name in DATASETS, "data.name", d.name, "unknown dataset",
          f"use one of {DATASETS}")
@@ -43,15 +47,20 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
   _check(m.get("remat_policy", "none") in REMAT_POLICIES, "model.remat_policy",
          m.get("remat_policy"), "unknown remat policy", f"use one of {REMAT_POLICIES}")
   attention = m.get("attention_implementation")
-  _check(attention in (None, "xla", "cudnn"), "model.attention_implementation", attention,
-         "unknown attention implementation", "use None (XLA) or 'cudnn' (GPU)")
+  _check(attention in (None, "xla", "cudnn", "splash"), "model.attention_implementation",
+         attention, "unknown attention implementation",
+         "use None (XLA), 'cudnn' (GPU) or 'splash' (TPU)")
   if attention == "cudnn":
-    _check(jax.default_backend() == "gpu", "model.attention_implementation", attention,
-           f"the cuDNN kernel needs a GPU, this is {jax.default_backend()}",
+    _check(platform == "gpu", "model.attention_implementation", attention,
+           f"the cuDNN kernel needs a GPU, this is {platform}",
            "leave it unset off GPU")
     _check(m.dtype == "bfloat16", "model.attention_implementation", attention,
            f"cuDNN attention runs in bfloat16, model.dtype is {m.dtype!r}",
            "set --config.model.dtype=bfloat16")
+  if attention == "splash":
+    _check(platform == "tpu", "model.attention_implementation", attention,
+           f"the splash kernel is a TPU (Pallas) kernel, this is {platform}",
+           "leave it unset off TPU")
   conditioning = m.get("conditioning", "class")
   _check(conditioning in ("class", "text"), "model.conditioning", conditioning,
          "unknown conditioning", "use 'class' (labels) or 'text' (captions)")

@@ -7,10 +7,10 @@ One block class serves three roles:
   t2i text refine  self-attention over text tokens without RoPE, fused SwiGLU.
 """
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from pixnerd_jax.models import attention
 from pixnerd_jax.models import layers
 from pixnerd_jax.models.rope import apply_rope
 
@@ -27,7 +27,7 @@ class Attention(nn.Module):
   projection is then called `qkv_x` and the context's `kv_y`, as in the reference.
   Attributes:
     num_heads: number of heads; head dim = D / num_heads.
-    implementation: passed to jax.nn.dot_product_attention (None = XLA, "cudnn").
+    implementation: None (XLA), "cudnn" (GPU) or "splash" (TPU); see attention.py.
     cast_before_weight: RMSNorm variant of q/k norms (see layers.RMSNorm).
   """
   num_heads: int
@@ -61,7 +61,7 @@ class Attention(nn.Module):
                                           head_dim), 2, axis=2)
       k = jnp.concatenate([k, k_norm(k_ctx[:, :, 0])], axis=1)
       v = jnp.concatenate([v, v_ctx[:, :, 0]], axis=1)
-    attended = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    attended = attention.dot_product_attention(q, k, v, implementation=self.implementation)
     attended = attended.reshape(batch, length, dim)
     return layers.torch_dense(dim, dim, axes=("heads", "embed"), name="proj", **kw)(attended)
 

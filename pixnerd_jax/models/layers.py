@@ -27,6 +27,21 @@ def torch_linear_bias_init(fan_in: int):
   return init
 
 
+class Dense(nn.Dense):
+  """nn.Dense (same params) applied to the inputs flattened to (rows, features).
+
+  The maths is nn.Dense's. Flattening matters for speed: with (B, L, D) inputs, XLA:CPU
+  fuses the elementwise backward of what follows into a 3-D transposed copy for the
+  kernel-gradient dot, which runs an order of magnitude slower than the 2-D transpose it
+  emits for flat inputs (S/8 train step 1.4 -> 1.0 s on 2 cores).
+  """
+
+  def __call__(self, inputs):
+    lead = inputs.shape[:-1]
+    out = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+    return out.reshape(*lead, out.shape[-1])
+
+
 def torch_dense(features: int, fan_in: int, *, axes: tuple[str, str], use_bias: bool = True,
                 kernel_init=None, bias_init=None, **kwargs) -> nn.Dense:
   """nn.Dense initialised like torch.nn.Linear(fan_in, features) unless overridden.
@@ -36,7 +51,7 @@ def torch_dense(features: int, fan_in: int, *, axes: tuple[str, str], use_bias: 
   """
   kernel_init = kernel_init or torch_linear_kernel_init
   bias_init = bias_init or torch_linear_bias_init(fan_in)
-  return nn.Dense(
+  return Dense(
       features,
       use_bias=use_bias,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),

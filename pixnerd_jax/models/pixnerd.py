@@ -218,7 +218,7 @@ class PixNerDiT(nn.Module):
       field's activations, (B * L, P, 2 dx) floats, for large outputs.
     features_after_block: if set (1-based), sow the trunk residual stream after that
       DiT block into the 'intermediates' collection as `trunk_features` (REPA hook).
-    attention_implementation: None (XLA) or "cudnn".
+    attention_implementation: None (XLA), "cudnn" (GPU) or "splash" (TPU).
     remat_policy: what to recompute in the backward pass instead of storing: "none",
       "decoder" (the neural-field blocks, whose activations are (B*L, P, dx*r)),
       "blocks" (every block), "dots_saveable" (every block, keeping matmul outputs).
