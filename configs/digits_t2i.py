@@ -4,8 +4,9 @@ scikit-learn's handwritten digits with captions written from templates ("a handw
 seven", "the digit 7", ...); evaluation samples captions from templates held out of
 training and asks the digits judge which digit came out. The text encoder is a stand-in
 so the job runs offline: a 2-layer Qwen3-architecture network with fixed random weights
-and a word-level tokenizer built from the caption vocabulary at start (saved to
-<workdir>/text_encoder). The code path is the real one; only the weights differ.
+and a word-level tokenizer built from the training captions' vocabulary at start (saved
+to <workdir>/text_encoder; words of a single training template, and unseen words, are
+[UNK]). The code path is the real one; only the weights differ.
 """
 
 from configs import default
@@ -22,6 +23,8 @@ def get_config():
   config.data.resolution = 32
   config.text_encoder.stand_in = True
   config.text_encoder.stand_in_layers = 2
+  # Below HF's 0.02 so random attention mixes less of a word's neighbours into it.
+  config.text_encoder.stand_in_init_std = 0.005
   config.text_encoder.dtype = "float32"
   config.text_encoder.max_length = 16
   config.batch_size = 64

@@ -6,7 +6,7 @@ different epochs. HELD_OUT_TEMPLATES are never used in training: sampling from
 `held_out_captions()` and classifying the samples with the digits judge tests
 whether the model follows the digit in an unseen phrasing.
 
-    tokenizer = text_encoder.word_level_tokenizer(all_captions())
+    tokenizer = text_encoder.word_level_tokenizer(caption_vocabulary())
 """
 
 import re
@@ -91,16 +91,38 @@ def evaluation_captions(num: int) -> tuple[list[str], np.ndarray]:
 
 def all_captions() -> list[str]:
   """Every caption the templates can make (training and held out), e.g. to
-  build the word-level tokenizer of the stand-in text encoder."""
+  build a tokenizer that knows every word (tests)."""
   return [fill(template, label)
           for template in TRAIN_TEMPLATES + HELD_OUT_TEMPLATES
           for label in range(digits.NUM_CLASSES)]
 
 
+# A word must occur in this many training templates to get a token of its own.
+MIN_TEMPLATES_PER_WORD = 2
+
+
+def _template_words(template: str) -> set[str]:
+  """The lower-case words and punctuation marks of `template`, every digit filled in."""
+  return {word for label in range(digits.NUM_CLASSES)
+          for word in _WORD_PATTERN.findall(fill(template, label).lower())}
+
+
 def caption_vocabulary() -> tuple[str, ...]:
-  """The sorted lower-case words and punctuation marks of `all_captions()`."""
-  return tuple(sorted({word for caption in all_captions()
-                       for word in _WORD_PATTERN.findall(caption.lower())}))
+  """The stand-in tokenizer's words: those of at least MIN_TEMPLATES_PER_WORD
+  training templates (every digit word and numeral among them), sorted.
+
+  The rest (words of a single training template, and the held-out templates'
+  words) become [UNK], as rare words do in a word-level vocabulary. The random
+  stand-in encoder knows nothing of meaning, so a word never met in training
+  would be a token the model has never learnt to ignore; [UNK] is one it has
+  met in many phrasings. The held-out templates play no part in the vocabulary.
+  """
+  templates_per_word = {}
+  for template in TRAIN_TEMPLATES:
+    for word in _template_words(template):
+      templates_per_word[word] = templates_per_word.get(word, 0) + 1
+  return tuple(sorted(word for word, count in templates_per_word.items()
+                      if count >= MIN_TEMPLATES_PER_WORD))
 
 
 def sample_caption(label: int, rng: np.random.Generator) -> str:
