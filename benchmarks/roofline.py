@@ -1,0 +1,181 @@
+"""How close the CPU train and sampling steps run to what this machine's matmuls can do.
+
+  python benchmarks/roofline.py                      # S/8, 64 px, batch 16, float32
+  python benchmarks/roofline.py --torch              # also torch's matmul rate
+
+Prints, for the settings of benchmarks/vs_reference.py:
+  * the FLOPs of our train step and of one CFG Euler step (XLA's cost analysis of the
+    compiled programs, forward + backward + AdamW + EMA for training), and the step
+    times measured here, hence the achieved GFLOP/s;
+  * the same model's forward FLOPs split by part (counted from the shapes: trunk dense
+    layers, attention, the neural field's weight generator, the field MLP itself), so it
+    is clear which matmuls the time is spent in;
+  * the attainable matmul rate of this machine: square float32 GEMMs, and the model's own
+    dominant GEMM shape, under XLA (and torch with --torch).
+The ratio achieved / attainable bounds what any reformulation of the same maths can gain:
+a step already at 80% of the GEMM rate cannot get 2x faster without doing fewer FLOPs.
+"""
+
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from pixnerd_jax import host_malloc  # pylint: disable=g-import-not-at-top
+
+host_malloc.for_cpu_backend(os.environ["JAX_PLATFORMS"])
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from configs import default as default_config  # pylint: disable=g-import-not-at-top
+from configs import models as presets  # pylint: disable=g-import-not-at-top
+from pixnerd_jax import sharding, train  # pylint: disable=g-import-not-at-top
+from pixnerd_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get("flops", 0.0))
+
+
+def _gemm_rate(m: int, k: int, n: int, dtype, repeats: int) -> float:
+  """GFLOP/s of an (m, k) @ (k, n) matmul under XLA."""
+  a = jnp.ones((m, k), dtype)
+  b = jnp.ones((k, n), dtype)
+  fn = jax.jit(jnp.matmul)
+  _, seconds = common.compile_and_time(fn, (a, b), repeats)
+  return 2 * m * k * n / seconds / 1e9
+
+
+def _torch_gemm_rate(m: int, k: int, n: int, repeats: int) -> float | None:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  a, b = torch.ones(m, k), torch.ones(k, n)
+  a @ b
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - start)
+  return 2 * m * k * n / float(np.median(times)) / 1e9
+
+
+def forward_breakdown(fields: dict, batch: int, resolution: int) -> dict[str, float]:
+  """Forward FLOPs of one PixNerd-c2i pass by part, counted from the shapes.
+
+  Multiply-adds count 2. Trunk: per DiT block qkv + proj (4 D^2), SwiGLU MLP (the
+  reference's 2/3 rule: 3 * D * (8 D / 3)), adaLN modulation (6 D^2 per image, not per
+  token; the field blocks have none). Field: per decoder block the generator Dense (D -> 2 dx h) per patch and the
+  two per-patch matmuls over every pixel.
+  """
+  p, d, dx = fields["patch_size"], fields["hidden_size"], fields["hidden_size_x"]
+  hidden = dx * fields["nerf_mlpratio"]
+  tokens = (resolution // p) ** 2
+  patches = batch * tokens
+  cond_blocks = fields["num_cond_blocks"]
+  field_blocks = fields["num_blocks"] - cond_blocks
+  mlp_hidden = int(d * 4 * 2 / 3)
+  per_token = 2 * (4 * d * d + 3 * d * mlp_hidden)
+  return {
+      "trunk dense (qkv, proj, MLP)": cond_blocks * patches * per_token,
+      "trunk attention (scores, values)": cond_blocks * batch * 2 * 2 * tokens * tokens * d,
+      "adaLN modulation": cond_blocks * batch * 2 * 6 * d * d,
+      "field weight generator": field_blocks * patches * 2 * d * (2 * dx * hidden),
+      "field MLP (per-pixel)": field_blocks * patches * p * p * 2 * (2 * dx * hidden),
+      "patch embed + field in/out": patches * 2 * (3 * p * p * d + p * p * (64 + 3) * dx
+                                                   + p * p * dx * 3),
+  }
+
+
+def main(argv=None):
+  parser = common.model_parser(__doc__, repeats=5)
+  parser.add_argument("--torch", action="store_true", help="also time torch's matmul")
+  args = parser.parse_args(argv)
+  fields = dict(presets.get(args.preset))
+
+  config = default_config.get_config()
+  config.model = presets.get(args.preset, num_classes=args.num_classes, dtype=args.dtype)
+  config.batch_size = args.batch
+  config.data.resolution = args.resolution
+  mesh = sharding.create_mesh(config.mesh)
+  program = train.build_train_program(config, mesh)
+  shape = (args.batch, args.resolution, args.resolution, 3)
+  images = jax.random.uniform(jax.random.key(0), shape, jnp.float32, -1.0, 1.0)
+  labels = jax.random.randint(jax.random.key(1), (args.batch,), 0, args.num_classes)
+  print(f"{args.preset}, {args.resolution} px, batch {args.batch}, {args.dtype}, "
+        f"{jax.device_count()} device(s), {os.cpu_count()} CPU(s)")
+
+  with sharding.activate(mesh):
+    state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
+    batch = jax.device_put({"image": images, "label": labels}, program.batch_sharding)
+    train_compiled = program.step.lower(state, batch, None).compile()
+    train_flops = _flops(train_compiled)
+    holder = {"state": state}
+
+    def train_step():
+      holder["state"], metrics = train_compiled(holder["state"], batch, None)
+      return metrics
+    jax.block_until_ready(train_step())
+    train_s = common.median_seconds(train_step, repeats=args.repeats)
+
+    model = program.model
+
+    @jax.jit
+    def euler_cfg_step(params, x, labels):
+      velocity_fn = lambda x, t, y: model.apply({"params": params}, x, t, y)
+      v = samplers.guided_velocity(velocity_fn, x, jnp.float32(0.5), labels,
+                                   null_class=model.num_classes, guidance=3.5,
+                                   interval=(0.1, 1.0), skip_unguided=False)
+      return x + v * 0.01
+    noise = jax.random.normal(jax.random.key(2), shape, jnp.float32)
+    sample_args = (holder["state"].ema_params, noise, labels)
+    sample_compiled = euler_cfg_step.lower(*sample_args).compile()
+    sample_flops = _flops(sample_compiled)
+    jax.block_until_ready(sample_compiled(*sample_args))
+    sample_s = common.median_seconds(sample_compiled, *sample_args, repeats=args.repeats)
+
+  parts = forward_breakdown(fields, args.batch, args.resolution)
+  total = sum(parts.values())
+  print(f"\nforward FLOPs of one pass at batch {args.batch}, by part (counted from shapes):")
+  for name, flops in parts.items():
+    print(f"  {name:34s} {flops / 1e9:8.2f} GFLOP  {100 * flops / total:5.1f}%")
+  print(f"  {'total':34s} {total / 1e9:8.2f} GFLOP")
+
+  p, d = fields["patch_size"], fields["hidden_size"]
+  dx, hidden = fields["hidden_size_x"], fields["hidden_size_x"] * fields["nerf_mlpratio"]
+  patches = args.batch * (args.resolution // p) ** 2
+  gemms = [("square 2048", 2048, 2048, 2048), ("square 1024", 1024, 1024, 1024),
+           (f"field generator {patches}x{d}x{2 * dx * hidden}", patches, d, 2 * dx * hidden),
+           (f"trunk MLP {patches}x{d}x{int(d * 8 / 3)}", patches, d, int(d * 8 / 3))]
+  print("\nattainable matmul rate (float32):")
+  best = 0.0
+  for name, m, k, n in gemms:
+    rate = _gemm_rate(m, k, n, jnp.float32, repeats=10)
+    best = max(best, rate)
+    line = f"  {name:40s} XLA {rate:7.1f} GFLOP/s"
+    if args.torch:
+      torch_rate = _torch_gemm_rate(m, k, n, repeats=10)
+      line += "" if torch_rate is None else f"   torch {torch_rate:7.1f} GFLOP/s"
+    print(line)
+
+  print("\nour steps (XLA cost analysis; time measured here):")
+  for name, flops, seconds in (("train step", train_flops, train_s),
+                               ("CFG Euler step (2x batch)", sample_flops, sample_s)):
+    rate = flops / seconds / 1e9
+    print(f"  {name:28s} {flops / 1e9:7.1f} GFLOP  {seconds * 1e3:7.1f} ms  "
+          f"{args.batch / seconds:6.2f} img/s  {rate:6.1f} GFLOP/s = "
+          f"{100 * rate / best:4.0f}% of the best GEMM rate")
+
+
+if __name__ == "__main__":
+  main()
