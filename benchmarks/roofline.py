@@ -148,8 +148,8 @@ def main(argv=None):
   total = sum(parts.values())
   print(f"\nforward FLOPs of one pass at batch {args.batch}, by part (counted from shapes):")
   for name, flops in parts.items():
-    print(f"  {name:34s} {flops / 1e9:8.2f} GFLOP  {100 * flops / total:5.1f}%")
-  print(f"  {'total':34s} {total / 1e9:8.2f} GFLOP")
+    print(f"  {name:34s} {flops / 1e9:8.4g} GFLOP  {100 * flops / total:5.1f}%")
+  print(f"  {'total':34s} {total / 1e9:8.4g} GFLOP")
 
   p, d = fields["patch_size"], fields["hidden_size"]
   dx, hidden = fields["hidden_size_x"], fields["hidden_size_x"] * fields["nerf_mlpratio"]
@@ -172,7 +172,7 @@ def main(argv=None):
   for name, flops, seconds in (("train step", train_flops, train_s),
                                ("CFG Euler step (2x batch)", sample_flops, sample_s)):
     rate = flops / seconds / 1e9
-    print(f"  {name:28s} {flops / 1e9:7.1f} GFLOP  {seconds * 1e3:7.1f} ms  "
+    print(f"  {name:28s} {flops / 1e9:8.4g} GFLOP  {seconds * 1e3:7.1f} ms  "
           f"{args.batch / seconds:6.2f} img/s  {rate:6.1f} GFLOP/s = "
           f"{100 * rate / best:4.0f}% of the best GEMM rate")
 

@@ -1,0 +1,45 @@
+"""The benchmarks the README shows run and print their figures (tiny settings)."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--resolution", "16", "--batch", "2", "--num_classes", "10"]
+
+
+def _run(script: str, *args: str) -> str:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_roofline_prints_step_flops_parts_and_gemm_rates():
+  out = _run("roofline.py", *TINY, "--repeats", "1")
+  for part in ("trunk dense", "field weight generator", "field MLP (per-pixel)", "total"):
+    assert re.search(rf"{re.escape(part)}.*GFLOP", out), out
+  assert re.search(r"square 1024\s+XLA\s+\d+\.\d GFLOP/s", out), out
+  for step in ("train step", "CFG Euler step"):
+    match = re.search(rf"{step}.*?([\d.e+-]+) GFLOP\s+([\d.]+) ms\s+([\d.]+) img/s", out)
+    assert match and float(match.group(1)) > 0 and float(match.group(3)) > 0, out
+
+
+def test_vs_reference_runs_our_side_without_torch_paths():
+  out = _run("vs_reference.py", *TINY, "--rounds", "1", "--repeats", "1", "--warmup", "0",
+             "--modes", "train,sample")
+  assert re.search(r"\| train \| ours \| [\d.]+", out), out
+  assert re.search(r"\| sample \| ours \| [\d.]+", out), out
+
+
+def test_vs_reference_names_a_bad_reference_folder(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "vs_reference.py"), "--reference",
+       str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert result.returncode == 2
+  assert "pixnerd_c2i.py not found" in result.stderr
