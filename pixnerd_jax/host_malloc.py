@@ -52,6 +52,25 @@ def keep_freed_memory() -> bool:
   return ok
 
 
+def release_free_memory() -> bool:
+  """Returns the heap's free pages to the system once (glibc malloc_trim(0)).
+
+  With the settings above nothing freed is ever given back, so the resident size stays
+  at the process's high-water mark, which XLA's compile sets, well above what a step
+  needs. Called once after the first step, it drops that; the step's own scratch is
+  faulted in again on the next step and then stays. True if it ran.
+  """
+  if not _applied:
+    return False
+  try:
+    trim = ctypes.CDLL(None).malloc_trim
+  except (OSError, AttributeError):
+    return False
+  trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+  trim(0)
+  return True
+
+
 def for_cpu_backend(platforms: str | None) -> bool:
   """keep_freed_memory() when `platforms` (JAX's comma-separated platform list, or None
   for JAX's default choice) puts the CPU first; JAX's default choice counts as CPU only

@@ -61,3 +61,37 @@ def test_only_when_the_cpu_backend_comes_first(monkeypatch):
   assert not host_malloc.for_cpu_backend("cuda,cpu")
   assert host_malloc.for_cpu_backend("cpu")
   assert calls == [1]
+
+
+_TRIM_CHILD = r"""
+import ctypes, sys, threading
+sys.path.insert(0, sys.argv[1])
+from pixnerd_jax import host_malloc
+print("before", host_malloc.release_free_memory())
+host_malloc.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+def rss_mib():
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) // 1024
+# Many mid-sized blocks, as a compile leaves behind: freed, they stay resident.
+blocks = [libc.malloc(1 << 20) for _ in range(300)]
+for b in blocks:
+  ctypes.memset(b, 1, 1 << 20)
+for b in blocks:
+  libc.free(b)
+kept = rss_mib()
+print("after", host_malloc.release_free_memory(), kept - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_release_gives_back_what_the_settings_keep():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", _TRIM_CHILD, root], check=True,
+                       env=dict(os.environ, **{host_malloc.ENV: "1"}),
+                       capture_output=True, text=True).stdout.split()
+  assert out[:2] == ["before", "False"]  # nothing to do without the settings
+  assert out[2:4] == ["after", "True"]
+  assert int(out[4]) > 200, out  # of the 300 MiB freed, most leave the process
