@@ -127,6 +127,7 @@ def test_final_grid_and_held_out_evaluation_are_written(tmp_path):
     ("t2i", "text_encoder.stand_in", False, "a text-to-image model needs a text encoder"),
     ("t2i", "text_encoder.path", "/nonexistent/qwen3", "no such folder"),
     ("t2i", "text_encoder.max_length", 12, "as many tokens as model.txt_max_length=16"),
+    ("t2i", "text_encoder.stand_in_init_std", 0.0, "must be positive"),
 ])
 def test_t2i_config_errors_are_named(config_fn, field, value, message):
   if config_fn == "t2i":
@@ -137,3 +138,16 @@ def test_t2i_config_errors_are_named(config_fn, field, value, message):
     config.data.name = value
   with pytest.raises(validation.ConfigError, match=message.replace(".", r"\.")):
     validation.validate_config(config)
+
+
+def test_stand_in_weights_are_drawn_with_the_configured_std(tmp_path):
+  from safetensors.numpy import load_file
+  stds = {}
+  for std in (0.02, 0.005):
+    folder = tmp_path / str(std)
+    text_encoder.create_stand_in(str(folder), ["a", "seven", "7"], hidden_size=64,
+                                 num_layers=1, max_length=16, seed=0, init_std=std)
+    weights = load_file(str(folder / "model.safetensors"))
+    kernel = next(v for k, v in weights.items() if k.endswith("mlp.up_proj.weight"))
+    stds[std] = float(np.std(kernel))
+  assert abs(stds[0.02] - 0.02) < 0.002 and abs(stds[0.005] - 0.005) < 0.0005, stds
