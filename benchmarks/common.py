@@ -38,3 +38,39 @@ def compile_and_time(jitted, args, repeats: int) -> tuple[float, float]:
   compile_s = time.perf_counter() - start
   jax.block_until_ready(compiled(*args))  # warm-up
   return compile_s, median_seconds(compiled, *args, repeats=repeats)
+
+
+def c2i_train_program(args):
+  """(program, images, labels): the trainer's class-conditional step (train.TrainProgram)
+  at args.preset / resolution / batch / num_classes / dtype, and one random batch."""
+  # pylint: disable=g-import-not-at-top  # only the JAX side of a benchmark needs these
+  import jax.numpy as jnp
+  from configs import default as default_config
+  from configs import models as presets
+  from pixnerd_jax import sharding, train
+  config = default_config.get_config()
+  config.model = presets.get(args.preset, num_classes=args.num_classes, dtype=args.dtype)
+  config.batch_size = args.batch
+  config.data.resolution = args.resolution
+  program = train.build_train_program(config, sharding.create_mesh(config.mesh))
+  shape = (args.batch, args.resolution, args.resolution, config.model.in_channels)
+  images = jax.random.uniform(jax.random.key(0), shape, jnp.float32, -1.0, 1.0)
+  labels = jax.random.randint(jax.random.key(1), (args.batch,), 0, args.num_classes)
+  return program, images, labels
+
+
+def cfg_euler_step(model, t: float = 0.5, dt: float = 0.01, guidance: float = 3.5):
+  """Jitted (params, x, labels) -> x + v dt: one Euler step with classifier-free guidance
+  on the doubled [uncond; cond] batch (t inside the interval (0.1, 1), so both halves run)."""
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from pixnerd_jax.diffusion import samplers
+
+  @jax.jit
+  def step(params, x, labels):
+    velocity_fn = lambda x, t, y: model.apply({"params": params}, x, t, y)
+    v = samplers.guided_velocity(velocity_fn, x, jnp.float32(t), labels,
+                                 null_class=model.num_classes, guidance=guidance,
+                                 interval=(0.1, 1.0), skip_unguided=False)
+    return x + v * dt
+  return step

@@ -33,10 +33,8 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from configs import default as default_config  # pylint: disable=g-import-not-at-top
 from configs import models as presets  # pylint: disable=g-import-not-at-top
-from pixnerd_jax import sharding, train  # pylint: disable=g-import-not-at-top
-from pixnerd_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+from pixnerd_jax import sharding  # pylint: disable=g-import-not-at-top
 
 
 def _flops(compiled) -> float:
@@ -103,15 +101,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   fields = dict(presets.get(args.preset))
 
-  config = default_config.get_config()
-  config.model = presets.get(args.preset, num_classes=args.num_classes, dtype=args.dtype)
-  config.batch_size = args.batch
-  config.data.resolution = args.resolution
-  mesh = sharding.create_mesh(config.mesh)
-  program = train.build_train_program(config, mesh)
-  shape = (args.batch, args.resolution, args.resolution, 3)
-  images = jax.random.uniform(jax.random.key(0), shape, jnp.float32, -1.0, 1.0)
-  labels = jax.random.randint(jax.random.key(1), (args.batch,), 0, args.num_classes)
+  program, images, labels = common.c2i_train_program(args)
+  mesh = program.mesh
   print(f"{args.preset}, {args.resolution} px, batch {args.batch}, {args.dtype}, "
         f"{jax.device_count()} device(s), {os.cpu_count()} CPU(s)")
 
@@ -130,14 +121,8 @@ def main(argv=None):
 
     model = program.model
 
-    @jax.jit
-    def euler_cfg_step(params, x, labels):
-      velocity_fn = lambda x, t, y: model.apply({"params": params}, x, t, y)
-      v = samplers.guided_velocity(velocity_fn, x, jnp.float32(0.5), labels,
-                                   null_class=model.num_classes, guidance=3.5,
-                                   interval=(0.1, 1.0), skip_unguided=False)
-      return x + v * 0.01
-    noise = jax.random.normal(jax.random.key(2), shape, jnp.float32)
+    euler_cfg_step = common.cfg_euler_step(model)
+    noise = jax.random.normal(jax.random.key(2), images.shape, jnp.float32)
     sample_args = (holder["state"].ema_params, noise, labels)
     sample_compiled = euler_cfg_step.lower(*sample_args).compile()
     sample_flops = _flops(sample_compiled)

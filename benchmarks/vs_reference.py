@@ -128,21 +128,11 @@ def _our_step(args, mode: str):
   host_malloc.for_cpu_backend(os.environ["JAX_PLATFORMS"])
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from configs import default as default_config  # pylint: disable=g-import-not-at-top
-  from configs import models as presets  # pylint: disable=g-import-not-at-top
-  from pixnerd_jax import sharding, train  # pylint: disable=g-import-not-at-top
-  from pixnerd_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import sharding  # pylint: disable=g-import-not-at-top
 
-  config = default_config.get_config()
-  config.model = presets.get(args.preset, num_classes=args.num_classes, dtype=args.dtype)
-  config.batch_size = args.batch
-  config.data.resolution = args.resolution
-  mesh = sharding.create_mesh(config.mesh)
-  program = train.build_train_program(config, mesh)
-  rng = jax.random.key(0)
-  shape = (args.batch, args.resolution, args.resolution, config.model.in_channels)
-  images = jax.random.uniform(rng, shape, jnp.float32, -1.0, 1.0)
-  labels = jax.random.randint(jax.random.key(1), (args.batch,), 0, args.num_classes)
+  program, images, labels = common.c2i_train_program(args)
+  mesh = program.mesh
   activation = sharding.activate(mesh)
   activation.__enter__()  # the worker keeps the mesh active for its whole life
   state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
@@ -162,15 +152,9 @@ def _our_step(args, mode: str):
   params = state.ema_params
   del state
 
-  @jax.jit
-  def euler_cfg_step(params, x, labels):
-    velocity_fn = lambda x, t, y: model.apply({"params": params}, x, t, y)
-    v = samplers.guided_velocity(velocity_fn, x, jnp.float32(SAMPLE_T), labels,
-                                 null_class=model.num_classes, guidance=GUIDANCE,
-                                 interval=(0.1, 1.0), skip_unguided=False)
-    return x + v * SAMPLE_DT
+  euler_cfg_step = common.cfg_euler_step(model, SAMPLE_T, SAMPLE_DT, GUIDANCE)
 
-  noise = jax.random.normal(rng, shape, jnp.float32)
+  noise = jax.random.normal(jax.random.key(0), images.shape, jnp.float32)
 
   def step():
     jax.block_until_ready(euler_cfg_step(params, noise, labels))

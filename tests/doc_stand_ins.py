@@ -184,16 +184,20 @@ def sample_npz(path: pathlib.Path) -> bool:
 def digits_workdir(path: pathlib.Path) -> bool:
   """A training workdir of configs/digits.py with one checkpoint (step 1, fresh params)."""
   from configs import digits  # pylint: disable=g-import-not-at-top
+  return _checkpoint_at_step_1(path, digits.get_config(), seed=5)
+
+
+def _checkpoint_at_step_1(path: pathlib.Path, config, seed: int, tokenizer=None) -> bool:
+  """Writes a checkpoint of step 1 with random params to the workdir `path`."""
   from pixnerd_jax import checkpoint, data, models, train  # pylint: disable=g-import-not-at-top
-  config = digits.get_config()
   tx, _ = train.create_optimizer(config)
-  rng = np.random.default_rng(5)
+  rng = np.random.default_rng(seed)
   # Random params of the right shapes: a real init runs op by op and takes ~20 s on CPU.
   params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32),
                         models.param_shapes(train.create_model(config)))
   state = train.create_train_state(params, tx)
   iterator = data.create_train_iterator(config.data, global_batch_size=config.batch_size,
-                                        seed=config.seed)
+                                        seed=config.seed, tokenizer=tokenizer)
   manager = checkpoint.create_manager(str(path), config)
   checkpoint.save(manager, 1, state.replace(step=state.step + 1), iterator)
   manager.wait_until_finished()
@@ -205,26 +209,16 @@ def digits_t2i_workdir(path: pathlib.Path) -> bool:
   """A training workdir of configs/digits_t2i.py with one checkpoint (step 1, random
   params) and the stand-in text encoder that training writes to <workdir>/text_encoder."""
   from configs import digits_t2i  # pylint: disable=g-import-not-at-top
-  from pixnerd_jax import checkpoint, data, models, text_encoder, train  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import data, text_encoder  # pylint: disable=g-import-not-at-top
   config = digits_t2i.get_config()
   te = config.text_encoder
   text_encoder.create_stand_in(str(path / text_encoder.STAND_IN_DIR),
                                data.caption_vocabulary(config.data),
                                hidden_size=config.model.txt_embed_dim,
-                               num_layers=te.stand_in_layers, max_length=te.max_length, seed=0)
+                               num_layers=te.stand_in_layers, max_length=te.max_length, seed=0,
+                               init_std=te.stand_in_init_std)
   encoder, _ = text_encoder.load_for_run(te, config.model.txt_embed_dim, str(path))
-  tx, _ = train.create_optimizer(config)
-  rng = np.random.default_rng(7)
-  params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(np.float32),
-                        models.param_shapes(train.create_model(config)))
-  state = train.create_train_state(params, tx)
-  iterator = data.create_train_iterator(config.data, global_batch_size=config.batch_size,
-                                        seed=config.seed, tokenizer=encoder)
-  manager = checkpoint.create_manager(str(path), config)
-  checkpoint.save(manager, 1, state.replace(step=state.step + 1), iterator)
-  manager.wait_until_finished()
-  manager.close()
-  return True
+  return _checkpoint_at_step_1(path, config, seed=7, tokenizer=encoder)
 
 
 def prompt_file(path: pathlib.Path) -> bool:
