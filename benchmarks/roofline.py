@@ -99,7 +99,13 @@ def main(argv=None):
   parser = common.model_parser(__doc__, repeats=5)
   parser.add_argument("--torch", action="store_true", help="also time torch's matmul")
   args = parser.parse_args(argv)
-  fields = dict(presets.get(args.preset))
+  try:
+    fields = dict(presets.get(args.preset))
+  except ValueError as e:
+    parser.error(f"--preset: {e}")
+  if args.resolution % fields["patch_size"]:
+    parser.error(f"--resolution {args.resolution} is not divisible by the patch size "
+                 f"{fields['patch_size']} of {args.preset}.")
 
   program, images, labels = common.c2i_train_program(args)
   mesh = program.mesh

@@ -43,3 +43,13 @@ def test_vs_reference_names_a_bad_reference_folder(tmp_path):
       env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert result.returncode == 2
   assert "pixnerd_c2i.py not found" in result.stderr
+
+
+def test_roofline_names_a_bad_preset_or_resolution():
+  for args, message in ((["--preset", "Z/9"], "--preset"),
+                        (["--preset", "S/8", "--resolution", "60"], "not divisible")):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "roofline.py"), *args],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
