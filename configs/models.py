@@ -52,7 +52,8 @@ def get(name: str = "XL/16", **overrides) -> ml_collections.ConfigDict:
       conditioning="class",
       # Compute dtype; params and optimizer state stay float32.
       dtype="float32",
-      # Unset (None) or "xla": XLA's attention; "cudnn": the fused cuDNN kernel (GPU, bf16);
+      # Unset (None): XLA's attention (on CPU with a faster hand-written backward); "xla":
+      # jax.nn's XLA attention as is; "cudnn": the fused cuDNN kernel (GPU, bf16);
       # "splash": the Pallas splash kernel (TPU; recommended at 512 px and for t2i).
       attention_implementation=config_dict.placeholder(str),
       # Backward-pass recomputation: none | decoder | blocks | dots_saveable.

@@ -42,6 +42,33 @@ def test_splash_matches_xla_values_and_grads(masked):
     assert float(jnp.abs(unmasked - splash_out).max()) > 1e-2
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_cpu_attention_matches_jax_values_and_grads(masked, dtype):
+  """The default attention on CPU (hand-written backward) against jax.nn's XLA attention."""
+  q, k, v = (a.astype(dtype) for a in _qkv(length=24, head_dim=40, kv_length=32))
+  kv_mask = (jax.random.uniform(jax.random.key(3), (2, 32)) > 0.4) if masked else None
+  weights = jax.random.normal(jax.random.key(4), q.shape)
+
+  def loss(impl, q, k, v):
+    out = attention.dot_product_attention(q, k, v, implementation=impl, kv_mask=kv_mask)
+    return jnp.sum(out.astype(jnp.float32) * weights), out
+
+  (_, got), got_grads = jax.value_and_grad(
+      lambda *a: loss(None, *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  (_, want), want_grads = jax.value_and_grad(
+      lambda *a: loss("xla", *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  assert "custom_vjp" in str(jax.make_jaxpr(lambda *a: loss(None, *a)[0])(q, k, v))
+  tol = 2e-6 if dtype == jnp.float32 else 2e-2
+  assert got.dtype == dtype
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                             atol=tol)
+  for g, w in zip(got_grads, want_grads):
+    assert g.dtype == dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                               atol=tol * 4, rtol=tol)
+
+
 def test_splash_in_model_under_mesh_matches_xla():
   """attention_implementation='splash' in the model (shard_map over the batch inside the
   jitted apply under the trainer's mesh) gives the default model's output."""

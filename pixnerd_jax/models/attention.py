@@ -1,5 +1,8 @@
 """Multi-head attention kernels: XLA or cuDNN (jax.nn.dot_product_attention), or TPU splash.
 
+The default (implementation None) is XLA's attention; traced for the CPU backend it is
+`cpu_attention`, the same maths with a hand-written backward.
+
 All implementations compute softmax(q k^T / sqrt(head_dim)) v per head, with the softmax
 in float32. "splash" runs the Pallas TPU splash-attention kernel
 (jax.experimental.pallas.ops.tpu.splash_attention) inside `shard_map`: the batch is split
@@ -18,7 +21,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
+
+from pixnerd_jax.models import platform
 
 IMPLEMENTATIONS = (None, "xla", "cudnn", "splash")
 _LANES = 128                        # splash tiles head_dim and sequences by this
@@ -32,7 +38,8 @@ def dot_product_attention(q, k, v, *, implementation: str | None = None, kv_mask
 
   Args:
     q: (B, Lq, H, D) queries; k, v: (B, Lk, H, D).
-    implementation: None or "xla" (XLA), "cudnn" (GPU), "splash" (TPU Pallas kernel).
+    implementation: None (XLA; cpu_attention on CPU), "xla" (jax.nn's XLA attention),
+      "cudnn" (GPU), "splash" (TPU Pallas kernel).
     kv_mask: optional (B, Lk) bool, True where a key may be attended to.
   Returns:
     (B, Lq, H, D) in q's dtype.
@@ -42,8 +49,72 @@ def dot_product_attention(q, k, v, *, implementation: str | None = None, kv_mask
                      f"{IMPLEMENTATIONS}.")
   if implementation == "splash":
     return splash_attention(q, k, v, kv_mask=kv_mask)
+  if implementation is None and platform.target_platform() == "cpu":
+    return cpu_attention(q, k, v, kv_mask)
   mask = None if kv_mask is None else kv_mask[:, None, None, :]
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def _heads_first(x):
+  """(B, L, H, D) <-> (B, H, L, D)."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _logits_dtype_kwargs(dtype):
+  # As jax.nn.dot_product_attention: bfloat16 inputs give float32 logits.
+  if dtype == jnp.bfloat16:
+    return dict(precision=jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+                preferred_element_type=jnp.float32)
+  return dict(preferred_element_type=jnp.promote_types(dtype, jnp.float32))
+
+
+def _cpu_attention_forward(q, k, v, kv_mask):
+  """The forward of cpu_attention and what its backward needs.
+
+  Returns:
+    (out (B, Lq, H, D), (q, k, v heads-first, kv_mask, probs (B, H, Lq, Lk) float32)).
+  """
+  qh, kh, vh = _heads_first(q), _heads_first(k), _heads_first(v)
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  logits = jnp.einsum("bhqd,bhkd->bhqk", qh, kh, **_logits_dtype_kwargs(q.dtype))
+  logits = logits * jnp.asarray(scale, logits.dtype)
+  if kv_mask is not None:
+    large_negative = -0.7 * float(jnp.finfo(logits.dtype).max)
+    logits = jnp.where(kv_mask[:, None, None, :], logits, large_negative)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), vh)
+  return _heads_first(out), (qh, kh, vh, kv_mask, probs)
+
+
+@jax.custom_vjp
+def cpu_attention(q, k, v, kv_mask=None):
+  """jax.nn.dot_product_attention's maths (XLA implementation) with a hand-written
+  backward for XLA:CPU: heads-first operands and the saved softmax give every batched
+  matmul of the backward a layout XLA:CPU runs well (S/8 at 64 px: 5.3 -> 3.8 ms per
+  attention forward + backward on 2 cores). Shapes as dot_product_attention."""
+  return _cpu_attention_forward(q, k, v, kv_mask)[0]
+
+
+def _cpu_attention_bwd(residuals, grad):
+  qh, kh, vh, kv_mask, probs = residuals
+  scale = 1.0 / math.sqrt(qh.shape[-1])
+  gh = _heads_first(grad)
+  probs_t = jnp.swapaxes(probs, 2, 3).astype(vh.dtype)
+  d_v = jnp.einsum("bhkq,bhqd->bhkd", probs_t, gh)
+  d_probs = jnp.einsum("bhqd,bhkd->bhqk", gh, vh, **_logits_dtype_kwargs(gh.dtype))
+  d_probs = d_probs.astype(jnp.float32)
+  # Softmax backward; masked keys have probability 0 and so get no gradient, as there.
+  d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) * scale
+  d_logits = d_logits.astype(qh.dtype)
+  d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits, kh)
+  d_k = jnp.einsum("bhkq,bhqd->bhkd", jnp.swapaxes(d_logits, 2, 3), qh)
+  d_mask = None if kv_mask is None else np.zeros(kv_mask.shape, jax.dtypes.float0)
+  return (_heads_first(d_q).astype(qh.dtype), _heads_first(d_k).astype(kh.dtype),
+          _heads_first(d_v).astype(vh.dtype), d_mask)
+
+
+cpu_attention.defvjp(lambda q, k, v, kv_mask=None: _cpu_attention_forward(q, k, v, kv_mask),
+                     _cpu_attention_bwd)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -90,9 +161,7 @@ def splash_attention(q, k, v, *, kv_mask=None, interpret: bool | None = None):
   mesh = jax.sharding.get_abstract_mesh()
   in_mesh = not mesh.empty
   if interpret is None:
-    device = getattr(mesh, "abstract_device", None) if in_mesh else None
-    platform = device.platform if device is not None else jax.default_backend()
-    interpret = platform != "tpu"
+    interpret = platform.target_platform() != "tpu"
 
   # The kernel does not scale the logits: fold 1/sqrt(D) into q (in float32, then back).
   scale = 1.0 / math.sqrt(head_dim)
