@@ -9,7 +9,7 @@
 "could not determine TPU accelerator type" and INVALID_ARGUMENT lines at every start
 there) and keeps the aftermath of library failures off the console: exceptions raised in
 TensorStore callbacks after asyncio closed their event loop, never-retrieved task errors,
-tracebacks Orbax logs from its background threads. They stay available at debug level.
+never-awaited coroutines, tracebacks Orbax logs from its background threads. They stay available at debug level.
 
 `entry_point` turns an exception into one line, `error: <what is wrong and what to do>`,
 on stderr with the exit code; library details (TensorStore specs, XLA dumps) are cut, and
@@ -25,6 +25,7 @@ import re
 import sys
 import tempfile
 import traceback
+import warnings
 from typing import Callable, Iterable
 
 from absl import app
@@ -37,6 +38,8 @@ _SPEC = re.compile(r"\s*\[tensorstore_spec(?:\[\d+\])?='.*?'\]", re.DOTALL)
 _DRIVER_PREFIX = re.compile(r'Error opening "\w+" driver: ')
 _EVENT_LOOP_CLOSED = "Event loop is closed"
 _NEVER_RETRIEVED = "exception was never retrieved"  # Task, Future, _GatheringFuture
+# Orbax's read coroutines dropped unawaited when a restore fails (our code has none).
+_NEVER_AWAITED = r"coroutine .* was never awaited"
 
 
 def summary(error: BaseException, limit: int = 400) -> str:
@@ -184,6 +187,8 @@ def quiet_start(tpu: bool = True) -> None:
                                 or jax.config.jax_platforms)
   if not getattr(sys.unraisablehook, "pixnerd_quiet", False):
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+  if not _debug_enabled():
+    warnings.filterwarnings("ignore", message=_NEVER_AWAITED, category=RuntimeWarning)
   for name in ("absl", "asyncio"):
     logger = std_logging.getLogger(name)
     if not any(isinstance(f, _LibraryNoise) for f in logger.filters):

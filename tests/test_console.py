@@ -76,6 +76,24 @@ def test_closed_event_loop_leftovers_are_not_printed():
   assert forwarded == [other]
 
 
+def test_never_awaited_library_coroutines_are_not_printed():
+  """The leftover of a failed Orbax restore that ended a fault test's stderr under load."""
+  code = (
+      "import gc\n"
+      "from pixnerd_jax import console\n"
+      "console.quiet_start(tpu=False)\n"
+      "async def read_shard():\n"
+      "  pass\n"
+      "pending = read_shard()\n"
+      "del pending\n"
+      "gc.collect()\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "never awaited" not in result.stderr and "tracemalloc" not in result.stderr, (
+      result.stderr)
+
+
 def test_convert_and_fid_errors_are_one_line(tmp_path, capsys):
   (tmp_path / "blocker").write_text("a file where the output directory should go")
   with pytest.raises(checkpoint.CheckpointError, match="choose a writable directory"):

@@ -78,7 +78,7 @@ class Dense(nn.Dense):
   fuses the elementwise backward of what follows into a 3-D transposed copy for the
   kernel-gradient dot, which runs an order of magnitude slower than the 2-D transpose it
   emits for flat inputs (S/8 train step 1.4 -> 1.0 s on 2 cores). On the CPU backend the
-  kernel gradient is also reformulated (_matmul_cpu_backward; S/8 step -4%).
+  kernel gradient is also reformulated (_matmul_cpu_backward; S/8 step ~-3.5%).
   """
   dot_general: Any = _dense_dot_general
 
