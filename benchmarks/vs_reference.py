@@ -8,10 +8,13 @@
 Modes, on the same settings (model preset, resolution, batch, classes, threads):
   train   one optimizer update: flow-matching objective (logit-normal t, label dropout 0.1),
           forward, backward, AdamW (lr 1e-4, no weight decay) and the EMA update. Ours is
-          `train.build_train_program(...).step`, the trainer's jitted step; the reference is
-          the official model class with its trainer's maths and torch.optim.AdamW.
+          `train.build_train_program(...).step`, the trainer's jitted step, with the XLA
+          flags the training entry point sets (pixnerd_jax/xla_cpu_flags.py); the
+          reference is the official model class with its trainer's maths and
+          torch.optim.AdamW.
   sample  one Euler step with classifier-free guidance (3.5): the doubled [uncond; cond]
-          batch through the model, guidance, x + v dt.
+          batch through the model, guidance, x + v dt. Each side holds the params only,
+          as a sampling process does.
 
 Each side runs in its own process (ours never imports torch; the reference never imports
 JAX), pinned to the same cores. After a warm-up (which includes our compile), the sides
@@ -126,19 +129,22 @@ def _our_step(args, mode: str):
   # stays mapped instead of being page-faulted in at every step (host_malloc.py).
   from pixnerd_jax import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.for_cpu_backend(os.environ["JAX_PLATFORMS"])
+  if mode == "train":  # as the training entry point does (console.quiet_start)
+    from pixnerd_jax import xla_cpu_flags  # pylint: disable=g-import-not-at-top
+    xla_cpu_flags.for_cpu_training(os.environ["JAX_PLATFORMS"])
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import common  # pylint: disable=g-import-not-at-top
-  from pixnerd_jax import sharding  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import models, sharding  # pylint: disable=g-import-not-at-top
 
   program, images, labels = common.c2i_train_program(args)
   mesh = program.mesh
   activation = sharding.activate(mesh)
   activation.__enter__()  # the worker keeps the mesh active for its whole life
-  state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
   desc = f"jax {jax.__version__}, {jax.devices()[0].device_kind}"
 
   if mode == "train":
+    state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
     batch = jax.device_put({"image": images, "label": labels}, program.batch_sharding)
     holder = {"state": state}
 
@@ -148,9 +154,9 @@ def _our_step(args, mode: str):
       holder["state"] = new_state
     return step, desc
 
+  # A sampling process holds the (EMA) params only, as sample.py loads them.
   model = program.model
-  params = state.ema_params
-  del state
+  params = jax.jit(lambda: models.init_params(model, jax.random.key(0)))()
 
   euler_cfg_step = common.cfg_euler_step(model, SAMPLE_T, SAMPLE_DT, GUIDANCE)
 

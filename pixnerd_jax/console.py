@@ -33,6 +33,7 @@ from absl import logging
 
 from pixnerd_jax import distributed
 from pixnerd_jax import host_malloc
+from pixnerd_jax import xla_cpu_flags
 
 _SPEC = re.compile(r"\s*\[tensorstore_spec(?:\[\d+\])?='.*?'\]", re.DOTALL)
 _DRIVER_PREFIX = re.compile(r'Error opening "\w+" driver: ')
@@ -176,15 +177,18 @@ def _quiet_unraisable(previous: Callable) -> Callable:
   return hook
 
 
-def quiet_start(tpu: bool = True) -> None:
+def quiet_start(tpu: bool = True, training: bool = False) -> None:
   """Call first in an entry point's main: see the module doc. tpu=False leaves the JAX
   backends alone (a tool that loads libtpu on purpose). On the CPU backend it also
-  keeps XLA's per-step scratch memory mapped (host_malloc.py)."""
+  keeps XLA's per-step scratch memory mapped (host_malloc.py) and, for the training
+  entry point (training=True), sets the XLA flags of xla_cpu_flags.py."""
   platforms = skip_tpu_backend() if tpu else None
   if tpu:
     import jax  # pylint: disable=g-import-not-at-top
-    host_malloc.for_cpu_backend(platforms or os.environ.get("JAX_PLATFORMS")
-                                or jax.config.jax_platforms)
+    platforms = platforms or os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms
+    host_malloc.for_cpu_backend(platforms)
+    if training:
+      xla_cpu_flags.for_cpu_training(platforms)
   if not getattr(sys.unraisablehook, "pixnerd_quiet", False):
     sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
   if not _debug_enabled():

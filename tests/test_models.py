@@ -211,3 +211,30 @@ def test_scanned_trunk_rejects_a_feature_block_outside_the_trunk():
   with pytest.raises(ValueError, match="not a DiT block"):
     model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)),
                jnp.zeros((1,), jnp.int32))
+
+
+def test_field_embedder_equals_one_linear_over_pixels_and_encoding():
+  """NerfEmbedder computes the encoding's share once per pixel; it must be exactly the
+  reference's Linear over [pixels, encoding]: the same param names and shapes (so
+  checkpoints and init are unchanged), values and gradients."""
+  from pixnerd_jax.models import layers
+  from pixnerd_jax.models.nerf import NerfEmbedder
+  pixels = jax.random.normal(jax.random.key(0), (6, 64, 3))
+  encoding = dct_pixel_encoding(8, 8)
+  embedder = NerfEmbedder(32)
+  params = embedder.init(jax.random.key(1), pixels, encoding)["params"]
+  dense = layers.torch_dense(32, 67, axes=("field_in", "field"))
+  inputs = jnp.concatenate([pixels, jnp.broadcast_to(encoding, (6, 64, 64))], axis=-1)
+  dense_params = dense.init(jax.random.key(1), inputs)["params"]
+  got = nn.meta.unbox(params)["embedder_0"]
+  want = nn.meta.unbox(dense_params)
+  assert jax.tree.map(jnp.shape, got) == {"kernel": (67, 32), "bias": (32,)}
+  assert jax.tree.map(jnp.shape, want) == jax.tree.map(jnp.shape, got)
+  ours = lambda p, x: embedder.apply({"params": {"embedder_0": p}}, x, encoding)
+  linear = lambda p, x: dense.apply(
+      {"params": p}, jnp.concatenate([x, jnp.broadcast_to(encoding, (6, 64, 64))], -1))
+  np.testing.assert_allclose(ours(got, pixels), linear(got, pixels), atol=1e-5)
+  g_ours = jax.grad(lambda p, x: jnp.sum(jnp.sin(ours(p, x))), argnums=(0, 1))(got, pixels)
+  g_lin = jax.grad(lambda p, x: jnp.sum(jnp.sin(linear(p, x))), argnums=(0, 1))(got, pixels)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_lin)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

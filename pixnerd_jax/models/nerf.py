@@ -45,7 +45,15 @@ def cosine_pixel_encoding(height: int, width: int, x_span: float, y_span: float,
 
 
 class NerfEmbedder(nn.Module):
-  """(N, P, C) pixel values -> (N, P, hidden_size_x): concat [pixels, encoding], Linear."""
+  """(N, P, C) pixel values -> (N, P, hidden_size_x): Linear of [pixels, encoding].
+
+  The reference concatenates each pixel's values with its coordinate encoding and applies
+  one Linear. The encoding is the same for every patch, so its part of the product,
+  encoding @ W_enc + b, is a (P, hidden_size_x) table computed once and broadcast; only
+  the C pixel channels are multiplied per pixel. Same params (`embedder_0`, kernel
+  (C + F, hidden_size_x)), same maths; it avoids an (N * P, C + F) concatenation and a
+  GEMM over it, and its kernel gradient, whose contraction runs over every pixel.
+  """
   hidden_size_x: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -53,13 +61,40 @@ class NerfEmbedder(nn.Module):
   @nn.compact
   def __call__(self, pixels, encoding):
     """pixels: (N, P, C); encoding: (P, F) coordinate features of the patch's pixels."""
-    n, num_pixels, _ = pixels.shape
-    enc = jnp.asarray(encoding, pixels.dtype)
-    enc = jnp.broadcast_to(enc[None], (n, num_pixels, enc.shape[-1]))
-    inputs = jnp.concatenate([pixels, enc], axis=-1)
-    return layers.torch_dense(self.hidden_size_x, inputs.shape[-1], axes=("field_in", "field"),
-                              name="embedder_0", dtype=self.dtype,
-                              param_dtype=self.param_dtype)(inputs)
+    return _PixelsAndEncodingDense(self.hidden_size_x, dtype=self.dtype,
+                                   param_dtype=self.param_dtype, name="embedder_0")(
+                                       pixels, encoding)
+
+
+class _PixelsAndEncodingDense(nn.Module):
+  """Dense([pixels, encoding]) with the encoding's product computed once per pixel.
+
+  Params as layers.torch_dense(features, C + F): `kernel` (C + F, features), `bias`.
+  """
+  features: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels, encoding):
+    """pixels: (N, P, C), encoding: (P, F) -> (N, P, features)."""
+    channels = pixels.shape[-1]
+    fan_in = channels + encoding.shape[-1]
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(layers.torch_linear_kernel_init,
+                                               ("field_in", "field")),
+        (fan_in, self.features), self.param_dtype).astype(jnp.float32)
+    bias = self.param(
+        "bias", nn.with_logical_partitioning(layers.torch_linear_bias_init(fan_in),
+                                             ("field",)),
+        (self.features,), self.param_dtype).astype(jnp.float32)
+    # Sums in float32 whatever the compute dtype, as a GEMM accumulates.
+    out = (jnp.asarray(encoding, jnp.float32) @ kernel[channels:] + bias)[None]
+    # A contraction over C (3) channels: cheaper as C broadcast multiply-adds than as a
+    # GEMM over N * P rows.
+    for c in range(channels):
+      out = out + pixels[..., c:c + 1].astype(jnp.float32) * kernel[c]
+    return out.astype(self.dtype)
 
 
 def _normalize_inputs_axis(w, eps: float = 1e-12):
