@@ -53,3 +53,20 @@ def test_roofline_names_a_bad_preset_or_resolution():
                             env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)))
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_profile_step_splits_the_step_time_by_part():
+  for mode, parts in (("train", ("trunk dense GEMMs (fwd)", "trunk dense GEMMs (bwd)",
+                                 "optimizer + EMA", "field weight generator (bwd)")),
+                      ("sample", ("trunk dense GEMMs", "field weight generator"))):
+    out = _run("profile_step.py", *TINY, "--mode", mode, "--repeats", "1", "--warmup", "1",
+               "--top", "3")
+    header = re.search(r"([\d.]+) ms untraced, ([\d.]+) ms traced", out)
+    assert header and float(header.group(2)) > 0, out
+    shares = {m.group(1).strip(): float(m.group(3)) for m in re.finditer(
+        r"^([a-zA-Z+ ,()]+?)\s+([\d.]+)\s+([\d.]+)%$", out, re.M)}
+    for part in parts:
+      assert part in shares, (part, out)
+    # Every moment of the traced step is given to some part (or to no thunk at all).
+    assert 90.0 <= sum(shares.values()) <= 100.5, out
+    assert len(re.findall(r"^\s+[\d.]+ \S+\s+\S+\[", out, re.M)) == 3, out
