@@ -39,6 +39,7 @@ _PROBE = """
 import os, sys
 sys.path.insert(0, {root!r})
 from pixnerd_jax import console
+from pixnerd_jax import main  # everything the entry point imports comes before its start-up
 console.quiet_start(training={training})
 import jax, jax.numpy as jnp
 from pixnerd_jax.models.nerf import NerfBlock
