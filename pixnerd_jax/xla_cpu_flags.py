@@ -6,7 +6,7 @@ weight become (rows, features) buffers that stay alive until the gradient needs 
 for the S/8 step at batch 16 the scratch is 914 MB with them and 666 MB with reductions
 left to XLA's own emitter (benchmarks/vs_reference.py: the same speed, peak resident
 memory below the official PyTorch process's). Forward-only programs (sampling) run
-~3% slower that way, so only the training entry point asks for it.
+~4% slower that way, so only the training entry point asks for it.
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend: call this before that.
 A user's own setting of the same flag wins.
