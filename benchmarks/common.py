@@ -21,6 +21,21 @@ def model_parser(description: str, repeats: int = 10) -> argparse.ArgumentParser
   return parser
 
 
+def check_model_args(parser: argparse.ArgumentParser, args) -> dict:
+  """The preset's model fields; usage errors (exit 2) for an unknown --preset or a
+  resolution its patch size does not divide."""
+  # pylint: disable=g-import-not-at-top
+  from configs import models as presets
+  try:
+    fields = dict(presets.get(args.preset))
+  except ValueError as e:
+    parser.error(f"--preset: {e}")
+  if args.resolution % fields["patch_size"]:
+    parser.error(f"--resolution {args.resolution} is not divisible by the patch size "
+                 f"{fields['patch_size']} of {args.preset}.")
+  return fields
+
+
 def median_seconds(fn, *args, repeats: int) -> float:
   """Median wall time of fn(*args), waiting for the result each time."""
   times = []

@@ -57,7 +57,9 @@ def parse_args(argv=None):
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps before tracing")
   parser.add_argument("--top", type=int, default=15, help="thunks listed by time")
   parser.add_argument("--trace_dir", default=None, help="keep the profiler trace here")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  common.check_model_args(parser, args)
+  return args
 
 
 def wall_time_by_thunk(events, steps: int) -> tuple[dict, float]:

@@ -33,7 +33,6 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from configs import models as presets  # pylint: disable=g-import-not-at-top
 from pixnerd_jax import sharding  # pylint: disable=g-import-not-at-top
 
 
@@ -99,13 +98,7 @@ def main(argv=None):
   parser = common.model_parser(__doc__, repeats=5)
   parser.add_argument("--torch", action="store_true", help="also time torch's matmul")
   args = parser.parse_args(argv)
-  try:
-    fields = dict(presets.get(args.preset))
-  except ValueError as e:
-    parser.error(f"--preset: {e}")
-  if args.resolution % fields["patch_size"]:
-    parser.error(f"--resolution {args.resolution} is not divisible by the patch size "
-                 f"{fields['patch_size']} of {args.preset}.")
+  fields = common.check_model_args(parser, args)
 
   program, images, labels = common.c2i_train_program(args)
   mesh = program.mesh

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--resolution", "16", "--batch", "2", "--num_classes", "10"]
 
@@ -45,10 +47,11 @@ def test_vs_reference_names_a_bad_reference_folder(tmp_path):
   assert "pixnerd_c2i.py not found" in result.stderr
 
 
-def test_roofline_names_a_bad_preset_or_resolution():
+@pytest.mark.parametrize("script", ["roofline.py", "profile_step.py"])
+def test_a_bad_preset_or_resolution_is_a_usage_error(script):
   for args, message in ((["--preset", "Z/9"], "--preset"),
                         (["--preset", "S/8", "--resolution", "60"], "not divisible")):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "roofline.py"), *args],
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                             capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
                             env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)))
     assert result.returncode == 2, result.stderr[-2000:]
