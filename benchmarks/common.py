@@ -62,7 +62,8 @@ def c2i_train_program(args):
   import jax.numpy as jnp
   from configs import default as default_config
   from configs import models as presets
-  from pixnerd_jax import sharding, train
+  from pixnerd_jax.runtime import mesh as sharding
+  from pixnerd_jax.training import train
   config = default_config.get_config()
   config.model = presets.get(args.preset, num_classes=args.num_classes, dtype=args.dtype)
   config.batch_size = args.batch

@@ -31,7 +31,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from pixnerd_jax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from pixnerd_jax import text_encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pixnerd_jax.models import text_encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pixnerd_jax.embedded import stand_in_text_encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
 from pixnerd_jax.models import qwen3  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SOURCES = ('folder', 'caption_folder', 'caption_tar')
@@ -95,7 +96,7 @@ def write_shards(root: pathlib.Path, out: pathlib.Path,
 
 def make_tokenizer(texts: list[str], max_length: int):
   """A TextEncoder (tokenizer side only: no params) over the caption words."""
-  tokenizer = text_encoder.word_level_tokenizer(texts)
+  tokenizer = stand_in_text_encoder.word_level_tokenizer(texts)
   config = qwen3.Qwen3Config(
       vocab_size=tokenizer.get_vocab_size(), hidden_size=8,
       intermediate_size=16, num_hidden_layers=1, num_attention_heads=1,

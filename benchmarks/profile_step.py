@@ -129,11 +129,12 @@ def part_of(thunk: str, op_name: str, mode: str) -> str:
 def main(argv=None):
   args = parse_args(argv)
   # pylint: disable=g-import-not-at-top
-  from pixnerd_jax import host_malloc
+  from pixnerd_jax.runtime import host_malloc
   host_malloc.for_cpu_backend(os.environ["JAX_PLATFORMS"])
   import jax
   from benchmarks import common
-  from pixnerd_jax import models, sharding
+  from pixnerd_jax import models
+  from pixnerd_jax.runtime import mesh as sharding
   # pylint: enable=g-import-not-at-top
 
   program, images, labels = common.c2i_train_program(args)

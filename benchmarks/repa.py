@@ -22,7 +22,7 @@ import ml_collections
 
 from benchmarks import common
 from configs import models as presets
-from pixnerd_jax import repa
+from pixnerd_jax.training import repa
 from pixnerd_jax.models import build_model, count_params
 from pixnerd_jax.models import dinov2
 

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-from pixnerd_jax import host_malloc  # pylint: disable=g-import-not-at-top
+from pixnerd_jax.runtime import host_malloc  # pylint: disable=g-import-not-at-top
 
 host_malloc.for_cpu_backend(os.environ["JAX_PLATFORMS"])
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from pixnerd_jax import sharding  # pylint: disable=g-import-not-at-top
+from pixnerd_jax.runtime import mesh as sharding  # pylint: disable=g-import-not-at-top
 
 
 def _flops(compiled) -> float:

@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks import common
 from configs import models as presets
-from pixnerd_jax import sample_t2i
+from pixnerd_jax.sampling import text_to_image as sample_t2i
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.models import build_model, count_params, init_params
 

@@ -9,7 +9,7 @@ Modes, on the same settings (model preset, resolution, batch, classes, threads):
   train   one optimizer update: flow-matching objective (logit-normal t, label dropout 0.1),
           forward, backward, AdamW (lr 1e-4, no weight decay) and the EMA update. Ours is
           `train.build_train_program(...).step`, the trainer's jitted step, with the XLA
-          flags the training entry point sets (pixnerd_jax/xla_cpu_flags.py); the
+          flags the training entry point sets (pixnerd_jax/runtime/xla_cpu_flags.py); the
           reference is the official model class with its trainer's maths and
           torch.optim.AdamW.
   sample  one Euler step with classifier-free guidance (3.5): the doubled [uncond; cond]
@@ -127,15 +127,16 @@ def _our_step(args, mode: str):
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   # As the trainer's entry point does (console.quiet_start): XLA's per-step scratch
   # stays mapped instead of being page-faulted in at every step (host_malloc.py).
-  from pixnerd_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.runtime import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.for_cpu_backend(os.environ["JAX_PLATFORMS"])
   if mode == "train":  # as the training entry point does (console.quiet_start)
-    from pixnerd_jax import xla_cpu_flags  # pylint: disable=g-import-not-at-top
+    from pixnerd_jax.runtime import xla_cpu_flags  # pylint: disable=g-import-not-at-top
     xla_cpu_flags.for_cpu_training(os.environ["JAX_PLATFORMS"])
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import common  # pylint: disable=g-import-not-at-top
-  from pixnerd_jax import models, sharding  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import models  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.runtime import mesh as sharding  # pylint: disable=g-import-not-at-top
 
   program, images, labels = common.c2i_train_program(args)
   mesh = program.mesh
@@ -256,7 +257,7 @@ def _worker(side: str, mode: str, args, conn):
     first_s = time.perf_counter() - start
     if side == "ours":
       # As the trainer does after its first step: give back what the compile left free.
-      from pixnerd_jax import host_malloc  # pylint: disable=g-import-not-at-top
+      from pixnerd_jax.runtime import host_malloc  # pylint: disable=g-import-not-at-top
       host_malloc.release_free_memory()
     for _ in range(args.warmup):
       step()

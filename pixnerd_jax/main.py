@@ -9,13 +9,13 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from pixnerd_jax import cli
-from pixnerd_jax import console
-from pixnerd_jax import distributed
-from pixnerd_jax import dry_run
-from pixnerd_jax import train
-from pixnerd_jax.checkpoint import CheckpointError
-from pixnerd_jax.validation import ConfigError
+from pixnerd_jax.runtime import cli
+from pixnerd_jax.runtime import console
+from pixnerd_jax.runtime import distributed
+from pixnerd_jax.training import dry_run
+from pixnerd_jax.training import train
+from pixnerd_jax.training.checkpoint import CheckpointError
+from pixnerd_jax.training.validation import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and samples go here.")

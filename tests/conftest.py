@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 # Runs trained in this process then compile as `python -m pixnerd_jax.main` does, so
 # they match its subprocess runs bit for bit (resume tests compare the two). Before any
 # test creates a JAX backend; subprocesses inherit it.
-from pixnerd_jax import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pixnerd_jax.runtime import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 xla_cpu_flags.for_cpu_training(os.environ["JAX_PLATFORMS"])
 FIXTURES_DIR = ROOT.parent / "shared" / "reference" / "fixtures"
 

@@ -82,9 +82,10 @@ BAD_NAMES = ('corrupt.jpg', 'truncated.png', 'notimage.png')
 
 def make_tokenizer(texts, max_length: int = 12):
   """A real TextEncoder (tiny Qwen3 module, no params) over the words of `texts`."""
-  from pixnerd_jax import text_encoder  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.embedded import stand_in_text_encoder  # pylint: disable=g-import-not-at-top
   from pixnerd_jax.models import qwen3  # pylint: disable=g-import-not-at-top
-  tokenizer = text_encoder.word_level_tokenizer(texts)
+  tokenizer = stand_in_text_encoder.word_level_tokenizer(texts)
   config = qwen3.Qwen3Config(
       vocab_size=tokenizer.get_vocab_size(), hidden_size=8, intermediate_size=16,
       num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,

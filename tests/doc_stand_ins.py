@@ -79,9 +79,9 @@ def text_encoder_folder(path: pathlib.Path) -> bool:
   """A Hugging Face Qwen3 folder (config.json, safetensors, tokenizer.json) as
   `huggingface-cli download Qwen/Qwen3-1.7B` gives, with Qwen3-1.7B's width (2048, what
   XXL/16 reads) but one layer, random weights and a small word-level vocabulary."""
-  from pixnerd_jax import text_encoder  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.embedded import stand_in_text_encoder  # pylint: disable=g-import-not-at-top
   words = "a photo of cat dog red car sea bowl fruit table mountain lake sunrise".split()
-  text_encoder.create_stand_in(str(path), words, hidden_size=2048, num_layers=1,
+  stand_in_text_encoder.create_stand_in(str(path), words, hidden_size=2048, num_layers=1,
                                max_length=128, seed=0)
   return True
 
@@ -189,7 +189,9 @@ def digits_workdir(path: pathlib.Path) -> bool:
 
 def _checkpoint_at_step_1(path: pathlib.Path, config, seed: int, tokenizer=None) -> bool:
   """Writes a checkpoint of step 1 with random params to the workdir `path`."""
-  from pixnerd_jax import checkpoint, data, models, train  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import data, models  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.training import train  # pylint: disable=g-import-not-at-top
   tx, _ = train.create_optimizer(config)
   rng = np.random.default_rng(seed)
   # Random params of the right shapes: a real init runs op by op and takes ~20 s on CPU.
@@ -209,10 +211,12 @@ def digits_t2i_workdir(path: pathlib.Path) -> bool:
   """A training workdir of configs/digits_t2i.py with one checkpoint (step 1, random
   params) and the stand-in text encoder that training writes to <workdir>/text_encoder."""
   from configs import digits_t2i  # pylint: disable=g-import-not-at-top
-  from pixnerd_jax import data, text_encoder  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import data  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.embedded import stand_in_text_encoder  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
   config = digits_t2i.get_config()
   te = config.text_encoder
-  text_encoder.create_stand_in(str(path / text_encoder.STAND_IN_DIR),
+  stand_in_text_encoder.create_stand_in(str(path / text_encoder.STAND_IN_DIR),
                                data.caption_vocabulary(config.data),
                                hidden_size=config.model.txt_embed_dim,
                                num_layers=te.stand_in_layers, max_length=te.max_length, seed=0,

@@ -16,7 +16,9 @@ import numpy as np
 from flax import traverse_util
 
 from configs import tiny
-from pixnerd_jax import data, models, sharding, train
+from pixnerd_jax import data, models
+from pixnerd_jax.runtime import mesh as sharding
+from pixnerd_jax.training import train
 
 
 def main(out, data_size, fsdp, tensor, num_devices=8, scan_blocks=0):

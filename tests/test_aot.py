@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pixnerd_jax import aot
+from pixnerd_jax.training import aot_compile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 needs_libtpu = pytest.mark.skipif(
@@ -57,23 +57,23 @@ def test_compiles_tiny_on_four_chips_and_rejects_what_does_not_fit():
 
 
 def test_topology_names():
-  assert aot.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
-  assert aot.parse_topology("V6E:8x8") == ("v6e", (8, 8))
-  with pytest.raises(aot.AotError, match="3-D shape"):
-    aot.parse_topology("v5p:4x4")
-  with pytest.raises(aot.AotError, match="GENERATION:SHAPE"):
-    aot.parse_topology("v5litepod-16")
+  assert aot_compile.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
+  assert aot_compile.parse_topology("V6E:8x8") == ("v6e", (8, 8))
+  with pytest.raises(aot_compile.AotError, match="3-D shape"):
+    aot_compile.parse_topology("v5p:4x4")
+  with pytest.raises(aot_compile.AotError, match="GENERATION:SHAPE"):
+    aot_compile.parse_topology("v5litepod-16")
   # Host layouts: 4 chips per v4/v5p host; small v5e/v6e slices are one host.
-  assert aot.chips_per_host_bounds("v5p", (4, 4, 4)) == (2, 2, 1)
-  assert aot.chips_per_host_bounds("v6e", (2, 4)) == (2, 4, 1)
-  assert aot.chips_per_host_bounds("v6e", (8, 8)) == (2, 2, 1)
+  assert aot_compile.chips_per_host_bounds("v5p", (4, 4, 4)) == (2, 2, 1)
+  assert aot_compile.chips_per_host_bounds("v6e", (2, 4)) == (2, 4, 1)
+  assert aot_compile.chips_per_host_bounds("v6e", (8, 8)) == (2, 2, 1)
 
 
 def test_out_of_memory_messages_are_parsed():
   # What XLA said for imagenet256 (64 images per chip) on v5e:2x2.
   message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
              "HLO temporaries (25.33G) exceeds available HBM (15.75G).")
-  assert aot._oom_gib(message) == (25.33, 15.75)
-  assert aot._oom_gib("Used 120.50G of 95.74G hbm. Exceeded hbm capacity") == (120.5, 95.74)
-  assert aot._oom_gib("Used 512M of 1G hbm") == (0.5, 1.0)
-  assert aot._oom_gib("some other error") is None
+  assert aot_compile.oom_gib(message) == (25.33, 15.75)
+  assert aot_compile.oom_gib("Used 120.50G of 95.74G hbm. Exceeded hbm capacity") == (120.5, 95.74)
+  assert aot_compile.oom_gib("Used 512M of 1G hbm") == (0.5, 1.0)
+  assert aot_compile.oom_gib("some other error") is None

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import tiny as tiny_config
-from pixnerd_jax import sharding, validation
+from pixnerd_jax.runtime import mesh as sharding
+from pixnerd_jax.training import validation
 from pixnerd_jax.models import attention, build_model, init_params
 
 

@@ -12,7 +12,7 @@ from ml_collections.config_flags import config_path
 import pytest
 
 from configs import default
-from pixnerd_jax import cli
+from pixnerd_jax.runtime import cli
 from pixnerd_jax.diffusion import samplers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -12,7 +12,9 @@ import pytest
 from absl import app
 
 from configs import tiny
-from pixnerd_jax import checkpoint, console, convert
+from pixnerd_jax import convert
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.runtime import console
 from pixnerd_jax.evaluation import fid
 from pixnerd_jax.models import build_model, param_shapes
 

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from pixnerd_jax import checkpoint, convert
+from pixnerd_jax import convert
+from pixnerd_jax.conversion import pixnerd_weights as conversion
+from pixnerd_jax.training import checkpoint
 from pixnerd_jax.models import PixNerDiT
 
 
@@ -25,7 +27,7 @@ def _nhwc(a):
 
 def test_forward_parity_on_the_c2i_fixture(c2i_fixture):
   fixture = _fixture(c2i_fixture)
-  model_cfg, params = convert.convert_state_dict(_state_dict(fixture))
+  model_cfg, params = conversion.convert_state_dict(_state_dict(fixture))
   assert model_cfg.items() >= json.loads(str(fixture["cfg_json"]))["model"].items()
   out = PixNerDiT(**model_cfg).apply({"params": params}, _nhwc(fixture["x"]), fixture["t"],
                                      fixture["y"].astype(np.int32))
@@ -36,7 +38,7 @@ def test_forward_parity_on_the_c2i_fixture(c2i_fixture):
 def test_t2i_checkpoint_is_recognised_from_its_keys(t2i_fixture):
   fixture = _fixture(t2i_fixture)
   ref = json.loads(str(fixture["cfg_json"]))["model"]
-  model_cfg, params = convert.convert_state_dict(_state_dict(fixture))
+  model_cfg, params = conversion.convert_state_dict(_state_dict(fixture))
   assert model_cfg == dict(
       in_channels=3, patch_size=ref["patch_size"], num_groups=ref["num_groups"],
       hidden_size=ref["hidden_size"], hidden_size_x=ref["decoder_hidden_size"],
@@ -136,10 +138,10 @@ def test_converts_plain_pth_and_safetensors_identically(c2i_fixture, t2i_fixture
   sd = _state_dict(_fixture(c2i_fixture if name == "c2i" else t2i_fixture))
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "model.pth")
   save_file(sd, str(tmp_path / "model.safetensors"))
-  a = convert.select_denoiser(convert.load_state_dict(str(tmp_path / "model.pth")))
-  b = convert.select_denoiser(convert.load_state_dict(str(tmp_path / "model.safetensors")))
-  _, pa = convert.convert_state_dict(a)
-  _, pb = convert.convert_state_dict(b)
+  a = conversion.select_denoiser(conversion.load_state_dict(str(tmp_path / "model.pth")))
+  b = conversion.select_denoiser(conversion.load_state_dict(str(tmp_path / "model.safetensors")))
+  _, pa = conversion.convert_state_dict(a)
+  _, pb = conversion.convert_state_dict(b)
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
 
 
@@ -154,16 +156,16 @@ def test_pickles_with_code_are_refused(tmp_path):
   path = tmp_path / "evil.pt"
   with open(path, "wb") as f:
     pickle.dump({"state_dict": Evil()}, f)
-  with pytest.raises(convert.ConversionError, match="weights_only=True"):
-    convert.load_state_dict(str(path))
+  with pytest.raises(conversion.ConversionError, match="weights_only=True"):
+    conversion.load_state_dict(str(path))
 
 
 def test_missing_and_unexpected_keys_are_named(c2i_fixture):
   sd = _state_dict(_fixture(c2i_fixture))
   sd.pop("blocks.1.mlp.w2.weight")
   sd["blocks.1.mlp.w9.weight"] = np.zeros((3, 3), np.float32)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.convert_state_dict(sd)
+  with pytest.raises(conversion.ConversionError) as e:
+    conversion.convert_state_dict(sd)
   assert "blocks.1.mlp.w9.weight" in str(e.value)
   assert "blocks_1/mlp/w2/kernel" in str(e.value)
 
@@ -172,8 +174,8 @@ def test_t2i_missing_and_unexpected_keys_are_named(t2i_fixture):
   sd = _state_dict(_fixture(t2i_fixture))
   sd.pop("text_refine_blocks.1.mlp.w12.weight")
   sd["blocks.0.attn.kv_z.weight"] = np.zeros((3, 3), np.float32)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.convert_state_dict(sd)
+  with pytest.raises(conversion.ConversionError) as e:
+    conversion.convert_state_dict(sd)
   assert "blocks.0.attn.kv_z.weight" in str(e.value)
   assert "text_refine_blocks_1/mlp/w12/kernel" in str(e.value)
 
@@ -181,8 +183,8 @@ def test_t2i_missing_and_unexpected_keys_are_named(t2i_fixture):
 def test_shape_mismatch_is_named(c2i_fixture):
   sd = _state_dict(_fixture(c2i_fixture))
   sd["blocks.0.attn.proj.bias"] = np.zeros((65,), np.float32)
-  with pytest.raises(convert.ConversionError, match="blocks.0.attn.proj.bias"):
-    convert.convert_state_dict(sd)
+  with pytest.raises(conversion.ConversionError, match="blocks.0.attn.proj.bias"):
+    conversion.convert_state_dict(sd)
 
 
 def test_infers_released_architectures_from_key_shapes():
@@ -198,7 +200,7 @@ def test_infers_released_architectures_from_key_shapes():
     sd[f"blocks.{i}.attn.qkv.weight"] = None
   for i in range(26, 30):
     sd[f"blocks.{i}.param_generator1.0.weight"] = np.zeros((16384, d))
-  cfg = convert.infer_model_config(sd)
+  cfg = conversion.infer_model_config(sd)
   assert cfg == dict(in_channels=3, patch_size=16, num_groups=16, hidden_size=1152,
                      hidden_size_x=64, nerf_mlpratio=2, num_blocks=30, num_cond_blocks=26,
                      num_classes=1000, max_freqs=8)
@@ -220,7 +222,7 @@ def test_ckpt_without_torch_says_how_to_install(tmp_path, monkeypatch):
   path = tmp_path / "model.ckpt"
   path.write_bytes(b"\x80\x02}q\x00.")
   with pytest.raises(ImportError, match="pip install torch==2.13.0"):
-    convert.load_state_dict(str(path))
+    conversion.load_state_dict(str(path))
 
 
 def test_repa_projector_is_converted_beside_the_params(c2i_fixture, tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 import pytest
 
 from pixnerd_jax import data
-from pixnerd_jax import text_encoder
+from pixnerd_jax.embedded import stand_in_text_encoder
 from pixnerd_jax.data import caption_folder
 from pixnerd_jax.data import caption_tar
 from pixnerd_jax.data import digits_captions
@@ -337,7 +337,7 @@ def test_digit_caption_templates_and_held_out_split():
   # digit, as word and numeral, keeps its own token; a word of one training
   # template or of the held-out ones only becomes [UNK].
   vocabulary = digits_captions.caption_vocabulary()
-  tokenizer = text_encoder.word_level_tokenizer(vocabulary)
+  tokenizer = stand_in_text_encoder.word_level_tokenizer(vocabulary)
   assert set(tokenizer.get_vocab()) - {'[PAD]', '[UNK]'} == set(vocabulary)
   assert set(digits_captions.DIGIT_WORDS) | {str(d) for d in range(10)} <= set(vocabulary)
   assert {'handwritten', 'number', 'digit', ','} <= set(vocabulary)

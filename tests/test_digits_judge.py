@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pixnerd_jax.evaluation import digits_judge
+from pixnerd_jax.embedded import digits_judge
 from pixnerd_jax.evaluation import frechet
 
 

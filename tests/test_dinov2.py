@@ -17,8 +17,11 @@ transformers = pytest.importorskip(
     "transformers", reason="transformers is needed for DINOv2 parity tests (CI installs it)")
 F = torch.nn.functional
 
-from pixnerd_jax import checkpoint, convert_dinov2  # pylint: disable=g-import-not-at-top
-from pixnerd_jax.convert import ConversionError  # pylint: disable=g-import-not-at-top
+from pixnerd_jax import convert_dinov2  # pylint: disable=g-import-not-at-top
+
+from pixnerd_jax.conversion import dinov2_weights as conversion_dinov2  # pylint: disable=g-import-not-at-top
+from pixnerd_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+from pixnerd_jax.models.state_dict import ConversionError  # pylint: disable=g-import-not-at-top
 from pixnerd_jax.models import dinov2  # pylint: disable=g-import-not-at-top
 
 HEADS = 4
@@ -89,7 +92,7 @@ def _assert_same_tree(a, b):
 
 
 def test_patch_tokens_match_huggingface_with_interpolated_positions(hf_model):
-  model_cfg, params = convert_dinov2.state_dict_to_params(
+  model_cfg, params = conversion_dinov2.state_dict_to_params(
       _state_dict(hf_model), num_heads=HEADS, interpolate_offset=0.0)
   assert model_cfg["pos_grid_size"] == 24 and model_cfg["num_layers"] == 2
   model = dinov2.DinoV2(**model_cfg)
@@ -107,10 +110,10 @@ def test_patch_tokens_match_huggingface_with_interpolated_positions(hf_model):
 
 def test_converter_reads_hub_and_both_huggingface_layouts_alike(hf_model):
   sd = _state_dict(hf_model)
-  _, reference = convert_dinov2.state_dict_to_params(sd, HEADS)
+  _, reference = conversion_dinov2.state_dict_to_params(sd, HEADS)
   for layout in (_hf_hub_file_names(sd), _torch_hub_names(sd),
                  {f"dinov2.{k}": v for k, v in sd.items()}):
-    cfg, params = convert_dinov2.state_dict_to_params(layout, HEADS)
+    cfg, params = conversion_dinov2.state_dict_to_params(layout, HEADS)
     assert cfg["interpolate_offset"] == 0.1  # the torch-hub resampling by default
     _assert_same_tree(params, reference)
 
@@ -118,7 +121,7 @@ def test_converter_reads_hub_and_both_huggingface_layouts_alike(hf_model):
 def test_convert_command_on_hub_pth_and_huggingface_folder(hf_model, tmp_path):
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   sd = _state_dict(hf_model)
-  _, reference = convert_dinov2.state_dict_to_params(sd, HEADS)
+  _, reference = conversion_dinov2.state_dict_to_params(sd, HEADS)
 
   pth = tmp_path / "dinov2_vitb14_pretrain.pth"
   torch.save({k: torch.from_numpy(v) for k, v in _torch_hub_names(sd).items()}, pth)
@@ -144,10 +147,10 @@ def test_converter_names_unexpected_missing_and_register_keys(hf_model, capsys, 
   extra = dict(hub, **{"head.weight": np.zeros((10, 64), np.float32)})
   del extra["blocks.1.ls2.gamma"]
   with pytest.raises(ConversionError, match=r"unexpected keys: \['head.weight'\]") as e:
-    convert_dinov2.state_dict_to_params(extra, HEADS)
+    conversion_dinov2.state_dict_to_params(extra, HEADS)
   assert "blocks_1/ls2/gamma" in str(e.value)
   with pytest.raises(ConversionError, match="register_tokens"):
-    convert_dinov2.state_dict_to_params(
+    conversion_dinov2.state_dict_to_params(
         dict(hub, register_tokens=np.zeros((1, 4, 64), np.float32)), HEADS)
   assert convert_dinov2.main([str(tmp_path / "absent.pth"), "--out", str(tmp_path)]) == 2
   assert "not found" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pixnerd_jax.distributed import initialization_kind
+from pixnerd_jax.runtime.distributed import initialization_kind
 
 TPU = ["/dev/vfio/0", "/dev/vfio/1"]
 

@@ -99,7 +99,7 @@ def _needs_libtpu(argv):
 
 def _needs_data_source(argv):
   """Skips a training command whose config's dataset this checkout does not have yet."""
-  from pixnerd_jax import cli  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.runtime import cli  # pylint: disable=g-import-not-at-top
   from pixnerd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   path = next(t.split("=", 1)[1] for t in argv if t.startswith("--config="))
   config, _ = cli._load_config(str(ROOT / path), "config")  # pylint: disable=protected-access

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pixnerd_jax import checkpoint, data, dry_run, models, sample, train, validation
+from pixnerd_jax import data, models
+from pixnerd_jax.sampling import class_conditional
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import dry_run
+from pixnerd_jax.training import train
+from pixnerd_jax.training import validation
 from tests import data_test_utils
 
 
@@ -97,7 +102,7 @@ def test_sample_dry_run_plans_and_traces_without_writing(tmp_path, capsys):
   checkpoint.save_params(str(tmp_path / "ckpt"), _random_params(config),
                          {k: v for k, v in config.model.items() if k != "preset"})
   out = tmp_path / "samples"
-  plan = sample.dry_run_report(config, str(tmp_path / "ckpt"), str(out), num_samples=25,
+  plan = class_conditional.dry_run_report(config, str(tmp_path / "ckpt"), str(out), num_samples=25,
                                batch_size=4, chunk_size=10, sampler="heun", num_steps=3)
   assert plan["chunks"] == 3 and plan["done"] == 0 and plan["per_call"] == 4
   assert plan["out_shape"] == (4, 16, 16, 3)
@@ -106,9 +111,9 @@ def test_sample_dry_run_plans_and_traces_without_writing(tmp_path, capsys):
   assert not out.exists()
   # An --out holding samples made with other settings is refused, as the real run does.
   os.makedirs(out)
-  (out / sample.MANIFEST).write_text(json.dumps({"num_samples": 99}))
+  (out / class_conditional.MANIFEST).write_text(json.dumps({"num_samples": 99}))
   with pytest.raises(dry_run.DryRunError, match="holds samples made with other settings"):
-    sample.dry_run_report(config, str(tmp_path / "ckpt"), str(out), num_samples=25)
+    class_conditional.dry_run_report(config, str(tmp_path / "ckpt"), str(out), num_samples=25)
 
 
 def test_validation_still_runs_first():

@@ -25,7 +25,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pixnerd_jax import checkpoint, console, data, sharding, train
+from pixnerd_jax import data
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.runtime import console
+from pixnerd_jax.runtime import mesh as sharding
+from pixnerd_jax.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, EVERY = 40, 5

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from pixnerd_jax import host_malloc
+from pixnerd_jax.runtime import host_malloc
 
 # A child process (mallopt settings last for a process's life): a worker thread mallocs
 # 256 MiB, touches every page, frees it, three times; prints the page faults of the last.
 _CHILD = r"""
 import ctypes, resource, sys, threading
 sys.path.insert(0, sys.argv[1])
-from pixnerd_jax import host_malloc
+from pixnerd_jax.runtime import host_malloc
 print("applied", host_malloc.keep_freed_memory())
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
@@ -66,7 +66,7 @@ def test_only_when_the_cpu_backend_comes_first(monkeypatch):
 _TRIM_CHILD = r"""
 import ctypes, sys, threading
 sys.path.insert(0, sys.argv[1])
-from pixnerd_jax import host_malloc
+from pixnerd_jax.runtime import host_malloc
 print("before", host_malloc.release_free_memory())
 host_malloc.keep_freed_memory()
 libc = ctypes.CDLL(None)

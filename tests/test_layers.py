@@ -49,7 +49,7 @@ def test_cpu_backward_is_used_for_wide_kernels_on_cpu_only(monkeypatch):
   # The transposed copy of the inputs behind its barrier is what makes it faster.
   assert "custom_vjp" in wide_jaxpr and "optimization_barrier" in wide_jaxpr
   assert "custom_vjp" not in narrow_jaxpr and "optimization_barrier" not in narrow_jaxpr
-  # Traced for a TPU (aot.py under a TPU mesh): autodiff's dot, which TPUs fold for free.
+  # Traced for a TPU (aot_compile under a TPU mesh): autodiff's dot, which TPUs fold for free.
   monkeypatch.setattr(platform, "target_platform", lambda: "tpu")
   tpu_jaxpr = str(jax.make_jaxpr(jax.grad(wide_fn))(wide, x_wide))
   assert "custom_vjp" not in tpu_jaxpr and "optimization_barrier" not in tpu_jaxpr

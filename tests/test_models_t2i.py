@@ -8,7 +8,7 @@ import pytest
 from configs import models as presets
 from flax import linen as nn
 
-from pixnerd_jax import sharding
+from pixnerd_jax.runtime import mesh as sharding
 from pixnerd_jax.models import (boxed_param_shapes, build_model, count_params, param_shapes,
                                 stack_dit_blocks, unstack_dit_blocks)
 from pixnerd_jax.models.nerf import cosine_pixel_encoding

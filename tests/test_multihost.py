@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from pixnerd_jax import checkpoint
+from pixnerd_jax.training import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from pixnerd_jax import checkpoint
+from pixnerd_jax.training import checkpoint
 from pixnerd_jax.models import build_model, init_params
 
 nbclient = pytest.importorskip("nbclient", reason="nbclient + ipykernel run the notebook")

@@ -23,8 +23,10 @@ from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-n
 from tokenizers import Regex, Tokenizer, decoders, models  # pylint: disable=g-import-not-at-top
 from tokenizers import normalizers, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
 
-from pixnerd_jax import text_encoder  # pylint: disable=g-import-not-at-top
-from pixnerd_jax.convert import ConversionError  # pylint: disable=g-import-not-at-top
+from pixnerd_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
+
+from pixnerd_jax.embedded import stand_in_text_encoder  # pylint: disable=g-import-not-at-top
+from pixnerd_jax.models.state_dict import ConversionError  # pylint: disable=g-import-not-at-top
 from pixnerd_jax.models import qwen3  # pylint: disable=g-import-not-at-top
 
 TOLERANCE = 1e-4
@@ -41,7 +43,7 @@ CAPTIONS = ["A photo of a cat.", "a dog, sitting on the grass", "the digit 7 in 
 def _tokenizer_vocab_100() -> Tokenizer:
   """A word-level tokenizer padded with filler words to the tiny model's 100 ids."""
   fillers = [f"w{i}" for i in range(100)]
-  tok = text_encoder.word_level_tokenizer(CAPTIONS + [" ".join(fillers)])
+  tok = stand_in_text_encoder.word_level_tokenizer(CAPTIONS + [" ".join(fillers)])
   vocab = tok.get_vocab()
   keep = {w: i for w, i in vocab.items() if i < 100}
   small = Tokenizer(models.WordLevel(keep, unk_token="[UNK]"))
@@ -298,7 +300,7 @@ TEXTS = ["A photo of a cat.", "", "the DIGIT 7, in red!", "unknown words here",
 
 
 def test_word_level_tokenizer_matches_transformers(tmp_path):
-  tok = text_encoder.word_level_tokenizer(CAPTIONS)
+  tok = stand_in_text_encoder.word_level_tokenizer(CAPTIONS)
   vocab = tok.get_vocab()
   assert (vocab["[PAD]"], vocab["[UNK]"], vocab["a"]) == (0, 1, 2)  # "a" is the most frequent
   assert tok.encode("A cat.").tokens == ["a", "cat", "."]
@@ -399,7 +401,7 @@ def test_pad_id_fallbacks(tmp_path):
 
 
 def test_tokenizer_larger_than_model_vocab_is_rejected():
-  tok = text_encoder.word_level_tokenizer([" ".join(f"w{i}" for i in range(200))])
+  tok = stand_in_text_encoder.word_level_tokenizer([" ".join(f"w{i}" for i in range(200))])
   with pytest.raises(ValueError, match="tokenizer has 202 tokens but the model's vocab_size"):
     text_encoder.TextEncoder.random(qwen3.Qwen3Config.from_dict(HF_CONFIG), tok, max_length=8)
 

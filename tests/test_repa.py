@@ -7,7 +7,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pixnerd_jax import checkpoint, convert, repa
+from pixnerd_jax.conversion import pixnerd_weights as conversion
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import repa
 from pixnerd_jax.models import dinov2
 
 TINY_DINO = dict(patch_size=14, hidden_size=32, num_layers=1, num_heads=2, mlp_ratio=2.0,
@@ -99,7 +101,7 @@ def test_projector_from_reference_keys_matches_torch():
       torch.nn.Linear(D, 768)))
   state = {f"diffusion_trainer.proj.{k}": v.numpy() for k, v in proj.state_dict().items()}
   state["ema_denoiser.final_layer.linear.bias"] = np.zeros(3, np.float32)  # ignored
-  params = convert.extract_repa_projector(state)
+  params = conversion.extract_repa_projector(state)
   expected = jax.tree.map(np.shape, repa.init_projector(repa.Projector(), jax.random.key(0), D))
   assert jax.tree.map(np.shape, params) == expected
   h = np.random.default_rng(0).normal(size=(2, 5, D)).astype(np.float32)
@@ -108,10 +110,10 @@ def test_projector_from_reference_keys_matches_torch():
     ref = proj(torch.from_numpy(h)).numpy()
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
 
-  assert convert.extract_repa_projector({"ema_denoiser.x": np.zeros(1)}) is None
+  assert conversion.extract_repa_projector({"ema_denoiser.x": np.zeros(1)}) is None
   del state["diffusion_trainer.proj.0.4.bias"]
-  with pytest.raises(convert.ConversionError, match=r"missing \['0.4.bias'\]"):
-    convert.extract_repa_projector(state)
+  with pytest.raises(conversion.ConversionError, match=r"missing \['0.4.bias'\]"):
+    conversion.extract_repa_projector(state)
 
 
 def test_projector_init_is_torch_default():

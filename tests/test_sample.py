@@ -10,9 +10,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from pixnerd_jax import checkpoint
-from pixnerd_jax import sample
-from pixnerd_jax import train
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.sampling import class_conditional
+from pixnerd_jax.sampling.trained_params import load_checkpoint
+from pixnerd_jax.training import train
 from pixnerd_jax.models import build_model, init_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,16 +47,16 @@ def params_checkpoint(config, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(config, params_checkpoint, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("samples"))
-  path = sample.run(config, params_checkpoint, out, num_samples=NUM_SAMPLES, batch_size=4,
+  path = class_conditional.run(config, params_checkpoint, out, num_samples=NUM_SAMPLES, batch_size=4,
                     chunk_size=8)
   with np.load(path) as data:
     return out, path, data["arr_0"], data["arr_1"]
 
 
 def test_classes_are_balanced_as_the_reference():
-  labels = sample.class_labels(np.arange(50000), 50000, 1000)
+  labels = class_conditional.class_labels(np.arange(50000), 50000, 1000)
   np.testing.assert_array_equal(labels, np.arange(50000) // 50)
-  counts = np.bincount(sample.class_labels(np.arange(25), 25, 10))
+  counts = np.bincount(class_conditional.class_labels(np.arange(25), 25, 10))
   assert counts.sum() == 25 and set(counts) == {2, 3}
 
 
@@ -73,7 +74,7 @@ def test_run_writes_balanced_uint8_samples_and_a_grid(reference_run):
 def test_results_do_not_depend_on_chunk_or_batch_size(config, params_checkpoint,
                                                       reference_run, tmp_path):
   # Same batch shape (one compile); the CLI test below varies the batch and device count.
-  path = sample.run(config, params_checkpoint, str(tmp_path), num_samples=NUM_SAMPLES,
+  path = class_conditional.run(config, params_checkpoint, str(tmp_path), num_samples=NUM_SAMPLES,
                     batch_size=4, chunk_size=5, grid=False)
   with np.load(path) as data:
     np.testing.assert_array_equal(data["arr_0"], reference_run[2])
@@ -84,7 +85,7 @@ def test_scanned_trunk_samples_a_per_block_checkpoint_alike(config, params_check
   scanned = tiny.get_config()
   scanned.sampling.num_steps = config.sampling.num_steps
   scanned.model.scan_blocks = True
-  path = sample.run(scanned, params_checkpoint, str(tmp_path), num_samples=NUM_SAMPLES,
+  path = class_conditional.run(scanned, params_checkpoint, str(tmp_path), num_samples=NUM_SAMPLES,
                     batch_size=4, chunk_size=8, grid=False)
   with np.load(path) as data:
     diff = np.abs(data["arr_0"].astype(int) - reference_run[2].astype(int))
@@ -94,13 +95,13 @@ def test_scanned_trunk_samples_a_per_block_checkpoint_alike(config, params_check
 def test_resume_skips_complete_chunks(config, params_checkpoint, reference_run, tmp_path):
   out = str(tmp_path)
   kw = dict(num_samples=NUM_SAMPLES, batch_size=4, chunk_size=8, grid=False)
-  sample.run(config, params_checkpoint, out, **kw)
+  class_conditional.run(config, params_checkpoint, out, **kw)
   chunks = [os.path.join(out, f"samples_{c:05d}.npz") for c in range(3)]
   os.utime(chunks[0], (1, 1))          # mark the complete chunk
   os.remove(chunks[1])                 # missing
   with open(chunks[2], "r+b") as f:    # torn write
     f.truncate(100)
-  path = sample.run(config, params_checkpoint, out, **kw)
+  path = class_conditional.run(config, params_checkpoint, out, **kw)
   assert os.path.getmtime(chunks[0]) == 1
   assert os.path.getmtime(chunks[1]) > 1 and os.path.getsize(chunks[2]) > 100
   with np.load(path) as data:
@@ -110,7 +111,7 @@ def test_resume_skips_complete_chunks(config, params_checkpoint, reference_run, 
 def test_other_settings_in_the_same_directory_are_refused(config, params_checkpoint,
                                                           reference_run):
   with pytest.raises(ValueError, match="other settings"):
-    sample.run(config, params_checkpoint, reference_run[0], num_samples=NUM_SAMPLES,
+    class_conditional.run(config, params_checkpoint, reference_run[0], num_samples=NUM_SAMPLES,
                batch_size=4, chunk_size=8, seed=1)
 
 
@@ -121,13 +122,13 @@ def test_training_workdir_samples_ema_unless_online(config, tmp_path):
   workdir = str(tmp_path / "run")
   with checkpoint.create_manager(workdir, config) as manager:
     manager.save(6, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  _, ema, source = sample.load_checkpoint(workdir, config)
-  _, online, _ = sample.load_checkpoint(workdir, config, online=True)
+  _, ema, source = load_checkpoint(workdir, config)
+  _, online, _ = load_checkpoint(workdir, config, online=True)
   assert "EMA params of step 6" in source
   leaf = lambda tree: np.asarray(tree["final_layer"]["linear"]["kernel"])
   np.testing.assert_array_equal(leaf(ema), leaf(state.ema_params))
   np.testing.assert_array_equal(leaf(online), leaf(state.params))
-  runs = [sample.run(config, workdir, str(tmp_path / name), num_samples=10, batch_size=4,
+  runs = [class_conditional.run(config, workdir, str(tmp_path / name), num_samples=10, batch_size=4,
                      chunk_size=10, online=name == "online", grid=False)
           for name in ("ema", "online")]
   ema_images, online_images = (np.load(p)["arr_0"] for p in runs)
@@ -136,7 +137,7 @@ def test_training_workdir_samples_ema_unless_online(config, tmp_path):
 
 def test_online_flag_with_a_params_checkpoint_is_an_error(config, params_checkpoint):
   with pytest.raises(checkpoint.CheckpointError, match="training workdirs"):
-    sample.load_checkpoint(params_checkpoint, config, online=True)
+    load_checkpoint(params_checkpoint, config, online=True)
 
 
 def test_command_on_two_devices_with_other_batches_matches_and_a_fresh_process_reads_it(

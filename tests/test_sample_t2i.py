@@ -16,12 +16,13 @@ from PIL import Image
 from configs import models as presets
 from configs import t2i_sft512
 from configs import tiny_t2i
-from pixnerd_jax import checkpoint
-from pixnerd_jax import sample
-from pixnerd_jax import sample_t2i
-from pixnerd_jax import text_encoder
-from pixnerd_jax.evaluation import dpg
-from pixnerd_jax.evaluation import geneval
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.sampling import text_to_image as sample_t2i
+from pixnerd_jax.sampling.trained_params import load_checkpoint
+from pixnerd_jax.models import text_encoder
+from pixnerd_jax.embedded import stand_in_text_encoder
+from pixnerd_jax.sampling import dpg
+from pixnerd_jax.sampling import geneval
 from pixnerd_jax.models import build_model, dummy_inputs, init_params, param_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,8 +44,8 @@ def make_tiny_t2i_checkpoint(path: str, config) -> str:
   (padded to the model's 32 text channels when loaded)."""
   model_config = {k: v for k, v in config.model.items() if k != "preset"}
   checkpoint.save_params(path, _perturbed_params(build_model(config.model), 0), model_config)
-  tokenizer = text_encoder.word_level_tokenizer(PROMPTS + ["a handwritten seven"])
-  encoder_config = text_encoder.stand_in_config(
+  tokenizer = stand_in_text_encoder.word_level_tokenizer(PROMPTS + ["a handwritten seven"])
+  encoder_config = stand_in_text_encoder.stand_in_config(
       16, tokenizer.get_vocab_size(with_added_tokens=True), 1, config.text_encoder.max_length)
   encoder, params = text_encoder.TextEncoder.random(
       encoder_config, tokenizer, seed=1, max_length=config.text_encoder.max_length)
@@ -64,7 +65,7 @@ def ckpt(config, tmp_path_factory):
 
 def _run(config, ckpt, out, **kwargs):
   kwargs = {**SAMPLER, "batch_size": 4, **kwargs}
-  return sample.run_text(config, ckpt, str(out), **kwargs)
+  return sample_t2i.run_text(config, ckpt, str(out), **kwargs)
 
 
 def _png(path):
@@ -172,7 +173,7 @@ def test_per_sample_seeds_do_not_depend_on_the_batch_and_a_prompt_file_is_the_sa
        batch_size=3)
   np.testing.assert_array_equal(_prompt_images(tmp_path / "out", 3, 2), images)
   # The noise of sample k of prompt i is normal(fold_in(key(seed), 2 i + k)).
-  model, params, _ = sample.load_checkpoint(ckpt, config)
+  model, params, _ = load_checkpoint(ckpt, config)
   encoder, text_params = sample_t2i.load_text_encoder(config, model, ckpt)
   settings = sample_t2i.sampling_settings(config.sampling, **SAMPLER)
   from pixnerd_jax.diffusion import samplers  # pylint: disable=import-outside-toplevel
@@ -360,7 +361,7 @@ def test_command_dispatches_on_the_model_shards_over_two_devices_and_matches(
 def test_dry_run_traces_the_text_sampler_at_the_asked_size_and_writes_nothing(
     config, ckpt, prompt_run, tmp_path, capsys):
   out = tmp_path / "dry"
-  plan = sample.dry_run_text_report(config, ckpt, str(out), prompts=PROMPTS,
+  plan = sample_t2i.dry_run_text_report(config, ckpt, str(out), prompts=PROMPTS,
                                     samples_per_prompt=2, height=24, width=32, batch_size=4,
                                     **SAMPLER)
   assert plan["prompts"] == 3 and plan["done"] == 0 and plan["per_call"] == 4
@@ -369,11 +370,11 @@ def test_dry_run_traces_the_text_sampler_at_the_asked_size_and_writes_nothing(
   assert "dry run         OK" in capsys.readouterr().out
   assert not out.exists()
   # A finished --out is reported as done; other settings are refused before sampling.
-  done = sample.dry_run_text_report(config, ckpt, str(prompt_run[0]), prompts=PROMPTS,
+  done = sample_t2i.dry_run_text_report(config, ckpt, str(prompt_run[0]), prompts=PROMPTS,
                                     samples_per_prompt=2, batch_size=4, **SAMPLER)
   assert done["done"] == 3
   with pytest.raises(ValueError, match="other settings"):
-    sample.dry_run_text_report(config, ckpt, str(prompt_run[0]), prompts=PROMPTS,
+    sample_t2i.dry_run_text_report(config, ckpt, str(prompt_run[0]), prompts=PROMPTS,
                                samples_per_prompt=2, seed=5, **SAMPLER)
   with pytest.raises(ValueError, match="exactly one of"):
-    sample.dry_run_text_report(config, ckpt, str(out))
+    sample_t2i.dry_run_text_report(config, ckpt, str(out))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pixnerd_jax import convert
+from pixnerd_jax.conversion import pixnerd_weights as conversion
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.models import PixNerDiT
 
@@ -58,7 +58,7 @@ def test_euler_sampler_parity_on_the_c2i_fixture(c2i_fixture):
     fixture = {k: data[k] for k in data.files}
   cfg = json.loads(str(fixture["cfg_json"]))
   sd = {k[3:]: v for k, v in fixture.items() if k.startswith("sd/")}
-  model_cfg, params = convert.convert_state_dict(sd)
+  model_cfg, params = conversion.convert_state_dict(sd)
   model = PixNerDiT(**model_cfg)
   s = cfg["sampler"]
   out = samplers.euler_sample(
@@ -75,10 +75,10 @@ def _official_runs(path):
   with np.load(path) as data:
     fixture = {k: data[k] for k in data.files}
   sd = {k[3:]: v for k, v in fixture.items() if k.startswith("sd/")}
-  model_cfg, params = convert.convert_state_dict(sd)
+  model_cfg, params = conversion.convert_state_dict(sd)
   model = PixNerDiT(**model_cfg)
   velocity = jax.jit(lambda x, t, y: model.apply({"params": params}, x, t, y))
-  runs = convert.fixture_sampler_runs(fixture, json.loads(str(fixture["cfg_json"])),
+  runs = conversion.fixture_sampler_runs(fixture, json.loads(str(fixture["cfg_json"])),
                                       model_cfg.get("num_classes"))
   return velocity, runs
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import models as presets
-from pixnerd_jax import models, sharding
+from pixnerd_jax import models
+from pixnerd_jax.runtime import mesh as sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pixnerd_jax import checkpoint, data, train, validation
+from pixnerd_jax import data
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import train
+from pixnerd_jax.training import validation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -204,7 +207,7 @@ def test_unwritable_workdir_is_reported(tmp_path):
 def test_main_starts_quietly_and_reports_bad_config_in_one_line(tmp_path):
   # As a user runs it: no JAX_PLATFORMS, libtpu installed. Off TPU hosts libtpu must not
   # be loaded (it prints its metadata lookups, or fails on another process's lock file).
-  from pixnerd_jax import console
+  from pixnerd_jax.runtime import console
   env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
   result = subprocess.run(_main_cmd(tmp_path, "--config.data.resolution=18"), cwd=ROOT,
                           capture_output=True, timeout=300, env=env)

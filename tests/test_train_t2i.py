@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from configs import tiny_t2i
-from pixnerd_jax import checkpoint, data, text_encoder, train, validation
+from pixnerd_jax import data
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.models import text_encoder
+from pixnerd_jax.embedded import stand_in_text_encoder
+from pixnerd_jax.training import train
+from pixnerd_jax.training import validation
 from test_train import _assert_same_tree, _run_until_checkpoint_then_signal
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +36,7 @@ def _config(**overrides):
 
 def _stand_in(tmp_path, config):
   folder = str(tmp_path / "encoder")
-  text_encoder.create_stand_in(folder, data.caption_vocabulary(config.data),
+  stand_in_text_encoder.create_stand_in(folder, data.caption_vocabulary(config.data),
                                hidden_size=config.model.txt_embed_dim, num_layers=1,
                                max_length=config.text_encoder.max_length, seed=0)
   return text_encoder.load_for_run(config.text_encoder.to_dict() | {"path": folder},
@@ -145,7 +150,7 @@ def test_stand_in_weights_are_drawn_with_the_configured_std(tmp_path):
   stds = {}
   for std in (0.02, 0.005):
     folder = tmp_path / str(std)
-    text_encoder.create_stand_in(str(folder), ["a", "seven", "7"], hidden_size=64,
+    stand_in_text_encoder.create_stand_in(str(folder), ["a", "seven", "7"], hidden_size=64,
                                  num_layers=1, max_length=16, seed=0, init_std=std)
     weights = load_file(str(folder / "model.safetensors"))
     kernel = next(v for k, v in weights.items() if k.endswith("mlp.up_proj.weight"))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pixnerd_jax import xla_cpu_flags
+from pixnerd_jax.runtime import xla_cpu_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG = xla_cpu_flags.YNN_REDUCE_FLAG
@@ -38,7 +38,7 @@ def test_left_alone_off_cpu_and_when_the_user_set_it(xla_flags):
 _PROBE = """
 import os, sys
 sys.path.insert(0, {root!r})
-from pixnerd_jax import console
+from pixnerd_jax.runtime import console
 from pixnerd_jax import main  # everything the entry point imports comes before its start-up
 console.quiet_start(training={training})
 import jax, jax.numpy as jnp

@@ -78,7 +78,7 @@ def token_length(tokenizer: Tokenizer) -> int:
     raise TypeError(
         f'The tokenizer ({type(tokenizer).__name__}) has no tokenize method; '
         'pass an object with tokenize(list[str]) -> {"input_ids", '
-        '"attention_mask"}, e.g. pixnerd_jax.text_encoder.TextEncoder.')
+        '"attention_mask"}, e.g. pixnerd_jax.models.text_encoder.TextEncoder.')
   out = _tokenized(tokenizer, ['a caption'])
   return out['input_ids'].shape[1]
 

@@ -6,7 +6,7 @@ different epochs. HELD_OUT_TEMPLATES are never used in training: sampling from
 `held_out_captions()` and classifying the samples with the digits judge tests
 whether the model follows the digit in an unseen phrasing.
 
-    tokenizer = text_encoder.word_level_tokenizer(caption_vocabulary())
+    tokenizer = stand_in_text_encoder.word_level_tokenizer(caption_vocabulary())
 """
 
 import re

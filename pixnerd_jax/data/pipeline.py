@@ -134,7 +134,7 @@ def create_train_iterator(
     tokenizer: required by captioned sources (CAPTION_SOURCE_NAMES), refused
       by class sources: an object with `tokenize(list[str])` returning
       `input_ids` and `attention_mask`, (B, L) ints with a fixed L (e.g.
-      `pixnerd_jax.text_encoder.TextEncoder`). It runs on this thread, after
+      `pixnerd_jax.models.text_encoder.TextEncoder`). It runs on this thread, after
       the worker processes, so it need not be picklable.
 
   Returns:

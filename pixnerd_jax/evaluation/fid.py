@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from pixnerd_jax import console
+from pixnerd_jax.runtime import console
 from pixnerd_jax.evaluation import frechet
 from pixnerd_jax.evaluation import inception
 

@@ -92,7 +92,7 @@ def torch_dense(features: int, fan_in: int, *, axes: tuple[str, str], use_bias: 
                 kernel_init=None, bias_init=None, **kwargs) -> nn.Dense:
   """nn.Dense initialised like torch.nn.Linear(fan_in, features) unless overridden.
 
-  `axes` are the logical (in, out) axis names of the kernel; sharding.py maps them to
+  `axes` are the logical (in, out) axis names of the kernel; runtime/mesh.py maps them to
   mesh axes.
   """
   kernel_init = kernel_init or torch_linear_kernel_init

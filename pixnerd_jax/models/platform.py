@@ -3,7 +3,7 @@
 Some layers pick a formulation per backend (the CPU backward passes in layers.py and
 attention.py, interpret mode for the splash kernel). Tracing happens on the host, so
 the answer comes from the mesh in scope, whose devices may be a TPU slice that this host
-only compiles for (aot.py), and otherwise from JAX's default backend.
+only compiles for (aot_compile), and otherwise from JAX's default backend.
 """
 
 import jax

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from pixnerd_jax import console
+from pixnerd_jax.runtime import console
 
 MODEL_JSON = "model.json"
 REPA_PROJECTOR_DIR = "repa_projector"

@@ -16,7 +16,7 @@ model.conditioning); this module holds the pieces, with no flags of its own:
                0..3), so an image depends neither on its batch nor on the device count.
   layouts      `Layout`: the prompts, where each prompt's images go, and whether a prompt
                is finished (a restart skips those). Prompt files: `prompt_layout`;
-               GenEval and DPG-Bench: evaluation/geneval.py and evaluation/dpg.py.
+               GenEval and DPG-Bench: sampling/geneval.py and sampling/dpg.py.
   `generate`   batches the unfinished prompts' samples over the local devices; each JAX
                process takes every process_count-th prompt.
 """
@@ -38,11 +38,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from pixnerd_jax import checkpoint
-from pixnerd_jax import text_encoder as text_encoder_lib
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
+from pixnerd_jax.models import count_params
+from pixnerd_jax.models import text_encoder as text_encoder_lib
 from pixnerd_jax.models.pixnerd import heavy_decoder_geometry
+from pixnerd_jax.sampling.trained_params import load_checkpoint
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import dry_run
 
 # The reference's SFT inference / app.py / GenEval / DPG-Bench sampler (spec 5.3, 5.4).
 T2I_SAMPLING = dict(sampler="adamlm", order=2, num_steps=25, guidance=4.0,
@@ -444,3 +447,104 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
     if layout.finish is not None:
       layout.finish()
   return out
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _text_request(out: str, *, prompts=None, prompts_file=None, geneval=None, dpg=None,
+                  samples_per_prompt: int = 4, grid: bool = True):
+  """(prompts, make_layout, layout name) of exactly one prompt source."""
+  given = [name for name, value in (("--prompt", prompts), ("--prompts", prompts_file),
+                                    ("--geneval", geneval), ("--dpg", dpg)) if value]
+  if len(given) != 1:
+    raise ValueError(f"A text-to-image checkpoint samples prompts: pass exactly one of "
+                     f"--prompt, --prompts, --geneval or --dpg (got {given or 'none'}).")
+  if samples_per_prompt < 1:
+    raise ValueError(f"--samples_per_prompt={samples_per_prompt}: must be >= 1.")
+  if dpg:
+    from pixnerd_jax.sampling import dpg as dpg_lib  # pylint: disable=g-import-not-at-top
+    names, prompts = dpg_lib.read_prompts(dpg)
+    return prompts, lambda manifest: dpg_lib.layout(out, names, prompts, manifest), "dpg"
+  if geneval:
+    from pixnerd_jax.sampling import geneval as geneval_lib  # pylint: disable=g-import-not-at-top
+    metadata = geneval_lib.read_metadata(geneval)
+    return ([m["prompt"] for m in metadata],
+            lambda manifest: geneval_lib.layout(out, metadata, samples_per_prompt), "geneval")
+  prompts = list(prompts) if prompts else read_prompt_file(prompts_file)
+  return (prompts, lambda manifest: prompt_layout(out, prompts, samples_per_prompt,
+                                                             grid=grid), "prompts")
+
+
+def run_text(config, checkpoint_path: str, out: str, *, prompts=None, prompts_file=None,
+             geneval=None, dpg=None, samples_per_prompt: int = 4, online: bool = False,
+             step: int | None = None, grid: bool = True, **kwargs) -> str:
+  """The text-to-image command: exactly one of prompts (a list), prompts_file, geneval
+  (an evaluation_metadata.jsonl) or dpg (a prompt folder). Returns `out`.
+
+  kwargs: height, width, batch_size, seed, field_chunk_pixels and sampler overrides of
+  `run`.
+  """
+  prompts, make_layout, layout_name = _text_request(
+      out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
+      samples_per_prompt=samples_per_prompt, grid=grid)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  return run(config, model, params, source, checkpoint_path, out, make_layout,
+                        layout_name=layout_name, prompts=prompts,
+                        samples_per_prompt=samples_per_prompt, **kwargs)
+
+
+def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
+                        prompts_file=None, geneval=None, dpg=None, samples_per_prompt: int = 4,
+                        online: bool = False, step: int | None = None, grid: bool = True,
+                        height: int | None = None, width: int | None = None,
+                        batch_size: int = 8, seed: int = 0,
+                        field_chunk_pixels: int = DEFAULT_FIELD_CHUNK_PIXELS,
+                        **sampling_overrides) -> dict:
+  """--dry_run of a text-to-image checkpoint: reads the prompts, the checkpoint and the
+  text encoder, checks --out and traces the sampler on one abstract batch."""
+  started = time.perf_counter()
+  prompts, make_layout, layout_name = _text_request(
+      out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
+      samples_per_prompt=samples_per_prompt, grid=grid)
+  settings = sampling_settings(config.sampling, **sampling_overrides)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
+  res = int(config.data.resolution)
+  height, width = height or res, width or res
+  model = model_for_size(model, res, height, width, field_chunk_pixels)
+  encoder, text_params = load_text_encoder(config, model, checkpoint_path)
+  dry_run.line("text encoder", f"{count_params(text_params):,} params")
+  manifest = manifest_for(settings, height=height, width=width, seed=seed,
+                                     samples_per_prompt=samples_per_prompt, prompts=prompts,
+                                     source=source, layout=layout_name)
+  layout = make_layout(manifest)
+  try:
+    check_manifest(layout.read_manifest(), manifest, out)
+  except ValueError as e:
+    raise dry_run.DryRunError(str(e)) from e
+  done = sum(layout.is_done(i) for i in range(len(prompts)))
+  devices = jax.local_devices()
+  work = max(1, (len(prompts) - done) * samples_per_prompt)
+  per_call = math.ceil(min(batch_size, work) / len(devices)) * len(devices)
+  dry_run.line("plan", f"{len(prompts)} prompt(s) x {samples_per_prompt} at {height}x{width} "
+               f"({layout_name} layout, {done} already in {out}); {per_call} per model call "
+               f"over {len(devices)} local device(s), {jax.process_count()} process(es)")
+  dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+  mesh = Mesh(np.array(devices), ("batch",))
+  sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels),
+                                        mesh)
+  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  null = np.asarray(encoder.unconditional(text_params))  # computed once, cached
+  text = jax.ShapeDtypeStruct((per_call,) + tuple(null.shape[1:]), null.dtype, sharding=batch)
+  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+                           jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+                           jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch), text,
+                           jax.ShapeDtypeStruct(null.shape, null.dtype, sharding=replicated))
+  out_shape = tuple(traced.out_info.shape)
+  dry_run.line("sample fn", f"the whole sampler traced on abstract inputs: one call gives "
+               f"{out_shape} {traced.out_info.dtype}")
+  dry_run.line("dry run", f"OK in {time.perf_counter() - started:.1f} s: nothing was sampled "
+               "or written. Run the same command without --dry_run to sample.")
+  return dict(prompts=len(prompts), done=done, per_call=per_call, out_shape=out_shape,
+              settings=settings)

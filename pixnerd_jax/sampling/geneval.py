@@ -18,7 +18,7 @@ import json
 import os
 from typing import Sequence
 
-from pixnerd_jax import sample_t2i
+from pixnerd_jax.sampling import text_to_image
 
 METADATA = "metadata.jsonl"
 
@@ -55,7 +55,7 @@ def sample_path(out: str, index: int, k: int) -> str:
 
 
 def layout(out: str, metadata: Sequence[dict], samples_per_prompt: int = 4
-           ) -> sample_t2i.Layout:
+           ) -> text_to_image.Layout:
   """The Layout of a GenEval run (see the module doc)."""
   n = samples_per_prompt
 
@@ -66,13 +66,13 @@ def layout(out: str, metadata: Sequence[dict], samples_per_prompt: int = 4
   def write(i, images):
     os.makedirs(os.path.dirname(sample_path(out, i, 0)), exist_ok=True)
     for k, image in enumerate(images):
-      sample_t2i.save_png(sample_path(out, i, k), image)
+      text_to_image.save_png(sample_path(out, i, k), image)
     line = json.dumps(metadata[i], ensure_ascii=False) + "\n"
-    sample_t2i.write_atomic(os.path.join(prompt_dir(out, i), METADATA),
+    text_to_image.write_atomic(os.path.join(prompt_dir(out, i), METADATA),
                             lambda tmp: _write_text(tmp, line))
 
-  read_manifest, write_manifest = sample_t2i.json_manifest(out)
-  return sample_t2i.Layout(prompts=[m["prompt"] for m in metadata], samples_per_prompt=n,
+  read_manifest, write_manifest = text_to_image.json_manifest(out)
+  return text_to_image.Layout(prompts=[m["prompt"] for m in metadata], samples_per_prompt=n,
                            noise_index=lambda i, k: k, is_done=is_done, write=write,
                            read_manifest=read_manifest, write_manifest=write_manifest)
 

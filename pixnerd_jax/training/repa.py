@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from pixnerd_jax import checkpoint
+from pixnerd_jax.training import checkpoint
 from pixnerd_jax.models import dinov2
 from pixnerd_jax.models import layers
 

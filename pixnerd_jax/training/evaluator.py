@@ -1,4 +1,5 @@
-"""What the trainer evaluates periodically: EMA sample grids and, for digits, judge metrics."""
+"""What the trainer evaluates periodically: EMA sample grids, FID and Inception Score when
+config.fid names their inputs, and the embedded job's own metrics (the digits judge)."""
 
 import os
 
@@ -8,6 +9,7 @@ import numpy as np
 from absl import logging
 
 from pixnerd_jax.diffusion import samplers
+from pixnerd_jax.embedded import digits_evaluation
 from pixnerd_jax.evaluation import images as images_lib
 
 GRID_COLUMNS = 8
@@ -18,8 +20,9 @@ class TrainingEvaluator:
   """Samples the EMA model with config.sampling; writes grids and metrics via `writer`.
 
   Class models sample labels (a grid row per class); text models sample captions:
-  config.sampling.prompts (';'-separated), or for digits_captions the held-out caption
-  templates, whose samples the digits judge scores against the digit they name.
+  config.sampling.prompts (';'-separated), else the embedded job's prompts. An embedded
+  job's evaluation (`embedded.digits_evaluation`) gives the conditions of its metric
+  samples and scores them.
   """
 
   def __init__(self, config, model, workdir: str, writer, text=(None, None)):
@@ -27,7 +30,7 @@ class TrainingEvaluator:
     self._model = model
     self._workdir = workdir
     self._writer = writer
-    self._judge = None
+    self._job = digits_evaluation.evaluation_for(config)
     self._fid_inputs = None
     self._text_encoder, self._text_params = text
     self._shape = (config.data.resolution, config.data.resolution, model.in_channels)
@@ -67,9 +70,8 @@ class TrainingEvaluator:
       return np.repeat(np.arange(rows), GRID_COLUMNS), rows
     prompts = [p.strip() for p in self._config.sampling.get("prompts", "").split(";")]
     prompts = [p for p in prompts if p]
-    if not prompts and self._config.data.name == "digits_captions":
-      from pixnerd_jax.data import digits_captions  # pylint: disable=g-import-not-at-top
-      prompts, _ = digits_captions.evaluation_captions(self._config.grid_classes)
+    if not prompts and self._job is not None:
+      prompts = self._job.grid_prompts(self._config.grid_classes)
     if not prompts:
       return None, 0
     return [p for p in prompts for _ in range(GRID_COLUMNS)], len(prompts)
@@ -97,19 +99,17 @@ class TrainingEvaluator:
     return path
 
   def evaluate(self, step: int, params, num_samples: int, final: bool = False) -> dict:
-    """Metrics of class-balanced EMA samples: the digits judge for the digits job, FID and
-    Inception Score when config.fid names Inception weights and reference statistics."""
+    """Metrics of class-balanced EMA samples: the embedded job's own (the digits judge),
+    or FID and Inception Score when config.fid names Inception weights and reference
+    statistics."""
     fid_config = self._config.fid
     use_fid = bool(fid_config.inception and fid_config.reference)
-    digits = self._config.data.name in ("digits", "digits_captions")
-    if num_samples <= 0 or (not digits and not use_fid):
+    if num_samples <= 0 or (self._job is None and not use_fid):
       return {}
-    if self._model.conditioning == "text":
-      if self._config.data.name != "digits_captions":
-        return {}  # FID of text models needs prompts: python -m pixnerd_jax.sample
-      from pixnerd_jax.data import digits_captions  # pylint: disable=g-import-not-at-top
-      # Captions from templates held out of training: the digit must come from the text.
-      conditions, labels = digits_captions.evaluation_captions(num_samples)
+    if self._job is not None:
+      conditions, labels = self._job.conditions(num_samples, self._model.num_classes)
+    elif self._model.conditioning == "text":
+      return {}  # FID of text models needs prompts: python -m pixnerd_jax.sample
     else:
       conditions = labels = np.arange(num_samples) % self._model.num_classes
     samples = self.generate(params, conditions, seed=self._config.seed + 2)
@@ -121,11 +121,8 @@ class TrainingEvaluator:
       metrics = fid.fid_from_samples(images_lib.to_uint8(samples), *self._fid_inputs)
       name = "fid"
     else:
-      if self._judge is None:
-        from pixnerd_jax.evaluation.digits_judge import DigitsJudge  # pylint: disable=g-import-not-at-top
-        self._judge = DigitsJudge(resolution=self._config.data.resolution)
-      metrics = self._judge.metrics(samples, labels)
-      name = "digits"
+      metrics = self._job.metrics(samples, labels)
+      name = self._job.name
     prefix = "final" if final else "eval"
     self._writer.write_scalars(step, {f"{prefix}/{name}_{k}": v for k, v in metrics.items()})
     logging.info("Step %d %s: %s", step, prefix, metrics)

@@ -24,14 +24,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from pixnerd_jax import checkpoint
+from pixnerd_jax.training import checkpoint
 from pixnerd_jax import data as data_lib
 from pixnerd_jax import models
-from pixnerd_jax import repa
-from pixnerd_jax import sharding
-from pixnerd_jax import text_encoder as text_encoder_lib
-from pixnerd_jax import train as train_lib
-from pixnerd_jax import validation
+from pixnerd_jax.training import repa
+from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.training import train as train_lib
+from pixnerd_jax.training import validation
 
 GIB = 2**30
 # What a dry run reports as a problem with the user's setup (exit 1, one line).
@@ -176,7 +175,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_step: bool = 
   validation.validate_config(config, workdir)
   line("config", "valid")
   line("workdir", f"{workdir} (writable)")
-  mesh = sharding.create_mesh(config.mesh)
+  mesh = mesh_lib.create_mesh(config.mesh)
   devices = jax.devices()
   line("devices", f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
         f"{jax.process_count()} process(es); mesh "
@@ -191,11 +190,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_step: bool = 
          f"weight {config.repa.weight}")
   if config.model.get("conditioning", "class") == "text":
     # As the run: a stand-in encoder is written to the workdir once, then loaded.
-    encoder, frozen["text"] = text_encoder_lib.for_training(config, workdir)
+    encoder, frozen["text"] = train_lib.text_encoder_for_run(config, workdir)
     line("text encoder", f"{models.count_params(frozen['text']):,} params "
          f"({config.text_encoder.path or 'stand-in in the workdir'}), "
          f"max_length {config.text_encoder.max_length}")
-  frozen = abstract(frozen, sharding.replicated(mesh))
+  frozen = abstract(frozen, mesh_lib.replicated(mesh))
   program = train_lib.build_train_program(config, mesh, dino_model, encoder)
   shapes = program.state_shapes
   num_params = models.count_params(shapes.params)
@@ -215,7 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_step: bool = 
         f"{config.batch_size}; first batch on this process: {first['text']}")
 
   state = abstract(shapes, program.state_sharding)
-  with sharding.activate(mesh):
+  with mesh_lib.activate(mesh):
     traced = program.step.trace(state, batch_spec, frozen)
   metrics = sorted(traced.out_info[1])
   line("train step", f"traced on abstract inputs; metrics: {', '.join(metrics)}")
@@ -253,5 +252,5 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_step: bool = 
 
 def _abstract_batch(config, program: train_lib.TrainProgram) -> dict:
   """The global batch the trainer feeds the step, as sharded shapes."""
-  from pixnerd_jax import aot  # pylint: disable=g-import-not-at-top
-  return aot.abstract_batch(config, program)
+  from pixnerd_jax.training import aot_compile  # pylint: disable=g-import-not-at-top
+  return aot_compile.abstract_batch(config, program)

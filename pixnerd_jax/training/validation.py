@@ -26,7 +26,7 @@ def _check(ok: bool, field: str, value, problem: str, fix: str) -> None:
 def validate_config(config: ml_collections.ConfigDict, workdir: str | None = None,
                     platform: str | None = None) -> None:
   """Raises ConfigError for the first bad field. platform: where the step will run
-  ('cpu', 'gpu', 'tpu'); default jax.default_backend() (aot.py passes 'tpu')."""
+  ('cpu', 'gpu', 'tpu'); default jax.default_backend() (aot_compile passes 'tpu')."""
   platform = platform or jax.default_backend()
   m, d, o = config.model, config.data, config.optimizer
   _check(d.name in DATASETS, "data.name", d.name, "unknown dataset",

@@ -19,19 +19,18 @@ the denoiser's text width (`embed_dim`). The unconditional input is the encoding
   y = encoder.encode(params, **batch)                     # pure, jittable: (1, 128, 2048)
 """
 
-import collections
 import json
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer
 
-from pixnerd_jax.convert import ConversionError
 from pixnerd_jax.models import qwen3
+from pixnerd_jax.models.state_dict import ConversionError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -227,30 +226,6 @@ def load_tokenizer(folder: str) -> tuple[Tokenizer, int]:
   return tokenizer, find_pad_id(folder, tokenizer)
 
 
-def word_level_tokenizer(texts: Iterable[str], *, min_count: int = 1, pad_token: str = "[PAD]",
-                         unk_token: str = "[UNK]") -> Tokenizer:
-  """A small word-level tokenizer over a caption vocabulary (for stand-in encoders).
-
-  Lowercases, splits on whitespace and punctuation (each punctuation mark is a token),
-  ids 0 = pad_token, 1 = unk_token, then the words seen at least `min_count` times, most
-  frequent first (ties alphabetical). Padding to the longest is enabled with pad_token,
-  so the pad id travels inside tokenizer.json. Save with `tokenizer.save(path)`.
-  """
-  normalizer = normalizers.Lowercase()
-  pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  counts = collections.Counter()
-  for text in texts:
-    counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-  words = sorted((w for w, c in counts.items() if c >= min_count and w not in
-                  (pad_token, unk_token)), key=lambda w: (-counts[w], w))
-  vocab = {pad_token: 0, unk_token: 1}
-  vocab.update({w: i + 2 for i, w in enumerate(words)})
-  tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=unk_token))
-  tokenizer.normalizer = normalizer
-  tokenizer.pre_tokenizer = pre_tokenizer
-  tokenizer.add_special_tokens([pad_token, unk_token])
-  tokenizer.enable_padding(pad_id=0, pad_token=pad_token)
-  return tokenizer
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -440,55 +415,7 @@ def load_for_run(text_encoder_config, txt_embed_dim: int, workdir: str | None = 
       max_length=int(text_encoder_config.get("max_length", 128)), embed_dim=txt_embed_dim)
 
 
-def stand_in_config(hidden_size: int, vocab_size: int, num_layers: int,
-                    max_length: int, init_std: float = 0.02) -> qwen3.Qwen3Config:
-  """A small Qwen3 architecture for stand-in encoders: head dim 16, half as many kv heads."""
-  heads = max(2, hidden_size // 16)
-  return qwen3.Qwen3Config(
-      vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=3 * hidden_size,
-      num_hidden_layers=num_layers, num_attention_heads=heads,
-      num_key_value_heads=max(1, heads // 2), head_dim=hidden_size // heads,
-      max_position_embeddings=max(max_length, 128), rope_theta=10000.0,
-      initializer_range=init_std)
 
 
-def create_stand_in(folder: str, vocabulary: Iterable[str], *, hidden_size: int,
-                    num_layers: int, max_length: int, seed: int,
-                    init_std: float = 0.02) -> None:
-  """Writes a stand-in encoder to `folder`: a word-level tokenizer over `vocabulary` and
-  a Qwen3-architecture network with fixed random weights (normal(init_std), `seed`).
-
-  The real code path runs on it (tokenizer.json, safetensors, the same Flax Qwen3), only
-  the weights are not pretrained; it lets the embedded digits job run offline. A smaller
-  init_std keeps each token's own embedding dominant over what random attention mixes
-  in from its neighbours (that mixing grows as init_std squared, the embedding as
-  init_std), so a word means nearly the same thing in any phrasing.
-  """
-  tokenizer = word_level_tokenizer(vocabulary)
-  config = stand_in_config(hidden_size, tokenizer.get_vocab_size(with_added_tokens=True),
-                           num_layers, max_length, init_std)
-  encoder, params = TextEncoder.random(config, tokenizer, seed, dtype="float32",
-                                       max_length=max_length)
-  encoder.save_pretrained(folder, params)
 
 
-def for_training(config, workdir: str):
-  """(encoder, params) of a text-to-image training run.
-
-  With config.text_encoder.stand_in, process 0 first writes the stand-in to
-  <workdir>/text_encoder (once: a resumed run reuses it) from the data's caption
-  vocabulary; every run then loads the folder as sampling will.
-  """
-  from pixnerd_jax import data as data_lib  # pylint: disable=import-outside-toplevel
-  te = config.text_encoder
-  if te.stand_in and not te.path:
-    folder = os.path.join(workdir, STAND_IN_DIR)
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
-      create_stand_in(folder, data_lib.caption_vocabulary(config.data),
-                      hidden_size=config.model.txt_embed_dim,
-                      num_layers=int(te.stand_in_layers), max_length=int(te.max_length),
-                      seed=config.seed, init_std=float(te.get("stand_in_init_std", 0.02)))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      multihost_utils.sync_global_devices("text encoder stand-in written")
-  return load_for_run(te, config.model.txt_embed_dim, workdir)

@@ -31,9 +31,9 @@ from typing import Callable, Iterable
 from absl import app
 from absl import logging
 
-from pixnerd_jax import distributed
-from pixnerd_jax import host_malloc
-from pixnerd_jax import xla_cpu_flags
+from pixnerd_jax.runtime import distributed
+from pixnerd_jax.runtime import host_malloc
+from pixnerd_jax.runtime import xla_cpu_flags
 
 _SPEC = re.compile(r"\s*\[tensorstore_spec(?:\[\d+\])?='.*?'\]", re.DOTALL)
 _DRIVER_PREFIX = re.compile(r'Error opening "\w+" driver: ')
@@ -106,7 +106,7 @@ _LIBTPU_NOISE = tuple(re.compile(p) for p in (
 
 @contextlib.contextmanager
 def libtpu_noise_filtered():
-  """Around code that loads libtpu on purpose (aot.py's topologies), off TPU hosts: the
+  """Around code that loads libtpu on purpose (the aot entry point's topologies), off TPU hosts: the
   process's stderr (fd 2, where libtpu writes) is held back and written out afterwards
   without libtpu's metadata-lookup lines; everything else it printed is kept."""
   if host_has_tpu():

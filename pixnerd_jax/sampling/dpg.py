@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from pixnerd_jax import sample_t2i
+from pixnerd_jax.sampling import text_to_image
 
 SAMPLES_PER_PROMPT = 4
 PNG_TEXT_KEY = "pixnerd"
@@ -70,7 +70,7 @@ def read_png_manifest(path: str) -> dict | None:
 
 
 def layout(out: str, names: Sequence[str], prompts: Sequence[str], manifest: dict
-           ) -> sample_t2i.Layout:
+           ) -> text_to_image.Layout:
   """The Layout of a DPG-Bench run (see the module doc); `manifest` goes into each PNG."""
   if manifest["samples_per_prompt"] != SAMPLES_PER_PROMPT:
     raise ValueError(f"DPG-Bench's scorer reads a 2x2 grid: {SAMPLES_PER_PROMPT} samples "
@@ -81,7 +81,7 @@ def layout(out: str, names: Sequence[str], prompts: Sequence[str], manifest: dic
 
   def write(i, images):
     text = json.dumps(dict(manifest, prompt=prompts[i]), sort_keys=True)
-    sample_t2i.save_png(image_path(out, names[i]), grid_2x2(images), {PNG_TEXT_KEY: text})
+    text_to_image.save_png(image_path(out, names[i]), grid_2x2(images), {PNG_TEXT_KEY: text})
 
   def read_manifest():
     for name in names:
@@ -89,7 +89,7 @@ def layout(out: str, names: Sequence[str], prompts: Sequence[str], manifest: dic
         return read_png_manifest(image_path(out, name)) or {"note": "a PNG not made here"}
     return None
 
-  return sample_t2i.Layout(prompts=list(prompts), samples_per_prompt=SAMPLES_PER_PROMPT,
+  return text_to_image.Layout(prompts=list(prompts), samples_per_prompt=SAMPLES_PER_PROMPT,
                            noise_index=lambda i, k: k,
                            is_done=lambda i: os.path.exists(image_path(out, names[i])),
                            write=write, read_manifest=read_manifest,

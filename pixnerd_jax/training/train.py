@@ -21,17 +21,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from pixnerd_jax import checkpoint
 from pixnerd_jax import data as data_lib
-from pixnerd_jax import host_malloc
-from pixnerd_jax import sharding
-from pixnerd_jax import validation
-from pixnerd_jax.diffusion import objective
-from pixnerd_jax.evaluation.during_training import TrainingEvaluator
 from pixnerd_jax import models
-from pixnerd_jax import repa
-from pixnerd_jax import text_encoder as text_encoder_lib
+from pixnerd_jax.diffusion import objective
+from pixnerd_jax.embedded import stand_in_text_encoder
 from pixnerd_jax.models import PixNerDiT, build_model, count_params
+from pixnerd_jax.models import text_encoder as text_encoder_lib
+from pixnerd_jax.runtime import host_malloc
+from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import repa
+from pixnerd_jax.training import validation
+from pixnerd_jax.training.evaluator import TrainingEvaluator
 
 
 @flax.struct.dataclass
@@ -191,7 +192,7 @@ def train_step(state: TrainState, batch: dict, frozen_params=None, *, model: Pix
 class TrainProgram:
   """The jitted train step and everything needed to feed it on one mesh.
 
-  Built once by `build_train_program`, used by the training loop and by aot.py, so the
+  Built once by `build_train_program`, used by the training loop and by aot_compile, so the
   program compiled ahead of time for a TPU slice is the one the pod runs.
   Attributes:
     make_state: () -> a fresh TrainState; jit it with out_shardings=state_sharding.
@@ -211,6 +212,15 @@ class TrainProgram:
   batch_sharding: jax.sharding.NamedSharding
   batch_keys: tuple[str, ...]
   step: Callable
+
+
+def text_encoder_for_run(config: ml_collections.ConfigDict, workdir: str):
+  """(encoder, params) of a text-to-image run, loaded as sampling will load them: from
+  config.text_encoder.path, or from the stand-in this run writes to its workdir."""
+  if config.text_encoder.stand_in and not config.text_encoder.path:
+    stand_in_text_encoder.write_for_run(config, workdir)
+  return text_encoder_lib.load_for_run(config.text_encoder, config.model.txt_embed_dim,
+                                       workdir)
 
 
 def build_train_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -239,21 +249,21 @@ def build_train_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
         projector, jax.random.key(config.seed + 1), config.model.hidden_size)
   make_state = lambda: create_train_state(init_params(model, config.seed), tx,
                                           make_aux_params())
-  params_sharding = sharding.param_shardings(models.boxed_param_shapes(model), mesh)
+  params_sharding = mesh_lib.param_shardings(models.boxed_param_shapes(model), mesh)
   state_shapes = jax.eval_shape(make_state)
-  state_sharding = sharding.state_shardings(state_shapes, params_sharding, tx, mesh)
+  state_sharding = mesh_lib.state_shardings(state_shapes, params_sharding, tx, mesh)
   text_kw = {}
   if text_model:
     text_kw = dict(text_encoder=text_encoder, empty_prompt=text_encoder.tokenize([""]))
   step = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
                         make_aux_loss=make_aux_loss, **text_kw),
-      donate_argnums=0, out_shardings=(state_sharding, sharding.replicated(mesh)))
+      donate_argnums=0, out_shardings=(state_sharding, mesh_lib.replicated(mesh)))
   condition_keys = ("input_ids", "attention_mask") if text_model else ("label",)
   batch_keys = ("image",) + (("raw_image",) if config.repa.enabled else ()) + condition_keys
   return TrainProgram(model=model, tx=tx, schedule=schedule, mesh=mesh, make_state=make_state,
                       state_shapes=state_shapes, state_sharding=state_sharding,
-                      batch_sharding=sharding.batch_sharding(mesh), batch_keys=batch_keys,
+                      batch_sharding=mesh_lib.batch_sharding(mesh), batch_keys=batch_keys,
                       step=step)
 
 
@@ -317,14 +327,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   logging.info("Config:\n%s", config)
 
-  mesh = sharding.create_mesh(config.mesh)
+  mesh = mesh_lib.create_mesh(config.mesh)
   logging.info("Mesh: %s", dict(mesh.shape))
   dino_model, text_encoder, frozen_params = None, None, {}
   if config.repa.enabled:
     dino_model, frozen_params["dino"] = repa.load_dino(config)
   if config.model.conditioning == "text":
-    text_encoder, frozen_params["text"] = text_encoder_lib.for_training(config, workdir)
-  frozen_params = jax.device_put(frozen_params, sharding.replicated(mesh))
+    text_encoder, frozen_params["text"] = text_encoder_for_run(config, workdir)
+  frozen_params = jax.device_put(frozen_params, mesh_lib.replicated(mesh))
   program = build_train_program(config, mesh, dino_model, text_encoder)
   state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
   parameter_overview.log_parameter_overview(state.params)
@@ -361,7 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   history, pending_losses, skipped = [], [], 0
   data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
   step = initial_step
-  with _Preemption() as preemption, sharding.activate(mesh), _closed_on_error(manager):
+  with _Preemption() as preemption, mesh_lib.activate(mesh), _closed_on_error(manager):
     for step in range(initial_step + 1, config.num_train_steps + 1):
       wait_start = time.perf_counter()
       local_batch = next(train_iter)

@@ -1,0 +1,1 @@
+"""Official checkpoints (PixNerd, DINOv2) to Flax params."""

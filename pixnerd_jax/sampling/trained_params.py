@@ -1,0 +1,44 @@
+"""A sampler's params: the EMA (or online) params of a training workdir, or a params
+checkpoint (`convert checkpoint` output, whose model.json gives the architecture)."""
+
+import os
+
+from pixnerd_jax.models import build_model, param_shapes, params_for_model
+from pixnerd_jax.training import checkpoint
+
+# How to run the model rather than what it is: taken from the run config, not model.json.
+_RUNTIME_MODEL_FIELDS = ("dtype", "attention_implementation", "remat_policy", "scan_blocks")
+
+
+def load_checkpoint(path: str, config, online: bool = False, step: int | None = None):
+  """(model, params, description) from a training workdir or a params checkpoint.
+
+  Args:
+    path: a workdir (has checkpoints/) or a params checkpoint (has model.json).
+    config: the run config; config.model names the architecture of a workdir.
+    online: workdir only: the online params instead of the EMA ones.
+    step: workdir only: which checkpoint (default latest).
+  """
+  if os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
+    if online or step is not None:
+      raise checkpoint.CheckpointError(
+          f"{path} is a params checkpoint: --online and --step apply to training workdirs.")
+    model_config, params = checkpoint.load_params(path)
+    model_config = dict(model_config)
+    for key in _RUNTIME_MODEL_FIELDS:
+      if key in config.model:
+        model_config[key] = config.model[key]
+    source = f"params checkpoint {os.path.abspath(path)}"
+  elif os.path.isdir(os.path.join(path, "checkpoints")):
+    model_config = dict(config.model)
+    step, state = checkpoint.load_train_state(path, step)
+    params = state["params" if online else "ema_params"]
+    source = f"{'online' if online else 'EMA'} params of step {step} in {os.path.abspath(path)}"
+  else:
+    raise checkpoint.CheckpointError(
+        f"{path} is neither a training workdir (no checkpoints/) nor a params checkpoint "
+        f"(no {checkpoint.MODEL_JSON}).")
+  model = build_model(model_config)
+  params = checkpoint.match_params(params_for_model(params, model), param_shapes(model),
+                                   source)
+  return model, params, source
