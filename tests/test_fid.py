@@ -376,7 +376,8 @@ def test_adm_inception_score_uses_splits_of_fixed_size():
   assert fid.adm_inception_score(np.zeros((7, 10))) == pytest.approx(1.0)
 
 
-FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "shared/reference/fixtures/adm_metrics_tiny.npz"
+FIXTURE = (pathlib.Path(__file__).resolve().parents[2]
+           / "shared/reference/fixtures/adm_metrics_tiny.npz")
 
 
 def test_verify_metrics_against_the_suite_fixture(capsys):
