@@ -100,8 +100,9 @@ class TrainingEvaluator:
 
   def evaluate(self, step: int, params, num_samples: int, final: bool = False) -> dict:
     """Metrics of class-balanced EMA samples: the embedded job's own (the digits judge),
-    or FID and Inception Score when config.fid names Inception weights and reference
-    statistics."""
+    or the ADM suite's FID, sFID, IS, precision and recall when config.fid names
+    Inception weights and a reference (sFID needs its mu_s/sigma_s, precision/recall its
+    images)."""
     fid_config = self._config.fid
     use_fid = bool(fid_config.inception and fid_config.reference)
     if num_samples <= 0 or (self._job is None and not use_fid):
@@ -117,7 +118,7 @@ class TrainingEvaluator:
       from pixnerd_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
       if self._fid_inputs is None:
         variables = fid.inception.load_variables(fid_config.inception)
-        self._fid_inputs = (variables, fid.load_reference_stats(fid_config.reference, variables))
+        self._fid_inputs = (variables, fid.load_reference(fid_config.reference, variables))
       metrics = fid.fid_from_samples(images_lib.to_uint8(samples), *self._fid_inputs)
       name = "fid"
     else:
