@@ -16,6 +16,7 @@ import pytest
 from configs import tiny
 from pixnerd_jax import data
 from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import flops
 from pixnerd_jax.training import train
 from pixnerd_jax.training import validation
 
@@ -142,13 +143,22 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
-def test_sample_grid_and_events_are_written(tmp_path):
-  config = _config(num_train_steps=4, sample_every=2, checkpoint_every=4)
+def test_sample_grid_events_utilisation_and_profile_are_written(tmp_path, monkeypatch):
+  # The CPU has no peak in the table; give it one to see train/mfu written.
+  monkeypatch.setitem(flops.PEAK_BF16_FLOPS, jax.devices()[0].device_kind, 1e12)
+  config = _config(num_train_steps=4, sample_every=2, checkpoint_every=4,
+                   **{"profile.start_step": 2, "profile.num_steps": 2})
   train.train_and_evaluate(config, str(tmp_path))
   from PIL import Image
   grid = Image.open(tmp_path / "samples_final.png")
   assert grid.size[0] > 8 * 16 and grid.size[1] > 10 * 16
-  assert list(tmp_path.glob("events.out.tfevents.*"))
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+  assert {"train/tflops_per_device", "train/mfu", "train/images_per_sec"} <= tags, tags
+  traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
 
 
 def test_init_from_params_checkpoint(tmp_path):
