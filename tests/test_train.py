@@ -249,6 +249,30 @@ def test_training_with_repa_logs_both_losses(tmp_path):
   events.Reload()
   tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
   assert {"train/fm_loss", "train/repa_loss", "train/loss"} <= tags, tags
+  _assert_export_reimports_bitwise(tmp_path, saved)
+
+
+def _assert_export_reimports_bitwise(tmp_path, saved):
+  """The trained workdir -> `convert export` (.ckpt and .safetensors) -> `convert
+  checkpoint` gives back its EMA and online params and its REPA projector, bit for bit."""
+  from pixnerd_jax import convert
+  for out in ("exported.ckpt", "exported.safetensors"):
+    assert convert.main(["export", f"--checkpoint={tmp_path / 'run'}",
+                         f"--out={tmp_path / out}"]) == 0
+  for flag, key in (("--ema", "ema_params"), ("--online", "params")):
+    back = tmp_path / f"back{flag}"
+    assert convert.main(["checkpoint", str(tmp_path / "exported.ckpt"), "--out", str(back),
+                         flag]) == 0
+    _assert_same_tree(checkpoint.load_params(str(back))[1], saved[key])
+    _assert_same_tree(checkpoint.load_params(str(back / "repa_projector"))[1],
+                      saved["aux_params"])
+  from safetensors.numpy import load_file
+  import torch
+  from_torch = torch.load(tmp_path / "exported.ckpt", weights_only=True)["state_dict"]
+  from_safetensors = load_file(str(tmp_path / "exported.safetensors"))
+  assert sorted(from_torch) == sorted(from_safetensors)
+  for k, v in from_safetensors.items():
+    np.testing.assert_array_equal(from_torch[k].numpy(), v)
 
 
 def test_repa_without_dino_weights_is_a_config_error():
