@@ -32,6 +32,26 @@ def _default_sharding() -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
 
 
+@functools.lru_cache(maxsize=None)
+def _drawer(shape: tuple[int, ...], num_classes: int, captioned: bool, sharding):
+  """The jitted (seed, index, caption tokens) -> batch; one compile per setting."""
+  batch_size = shape[0]
+
+  @functools.partial(jax.jit, out_shardings=sharding)
+  def draw(seed, index, tokens):
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    image = jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
+    batch = {'image': image, 'raw_image': (image + 1.0) / 2.0}
+    if captioned:
+      for name, row in tokens.items():
+        batch[name] = jnp.broadcast_to(row, (batch_size, row.shape[1]))
+    else:
+      batch['label'] = jax.random.randint(jax.random.fold_in(key, 1), (batch_size,), 0,
+                                          num_classes, jnp.int32)
+    return batch
+  return draw
+
+
 class SyntheticIterator:
   """Yields global batches as sharded jax.Arrays (make_global_batch passes them on).
 
@@ -46,33 +66,21 @@ class SyntheticIterator:
       raise ValueError(f'config.data.synthetic_num_classes must be positive, got '
                        f'{num_classes}.')
     self._sharding = sharding or _default_sharding()
+    self._seed = np.uint32(seed)
     self._index = 0
-    shape = (global_batch_size, resolution, resolution, 3)
-    tokens = None
+    self._tokens = {}
     if tokenizer is not None:
       encoded = tokenizer.tokenize([CAPTION])
-      tokens = {k: np.asarray(encoded[k], np.int32) for k in ('input_ids', 'attention_mask')}
-
-    @functools.partial(jax.jit, out_shardings=self._sharding)
-    def draw(index):
-      key = jax.random.fold_in(jax.random.key(seed), index)
-      image = jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
-      batch = {'image': image, 'raw_image': (image + 1.0) / 2.0}
-      if tokens is None:
-        batch['label'] = jax.random.randint(jax.random.fold_in(key, 1),
-                                            (global_batch_size,), 0, num_classes, jnp.int32)
-      else:
-        for name, row in tokens.items():
-          batch[name] = jnp.broadcast_to(jnp.asarray(row), (global_batch_size, row.shape[1]))
-      return batch
-
-    self._draw = draw
+      self._tokens = {k: np.asarray(encoded[k], np.int32)
+                      for k in ('input_ids', 'attention_mask')}
+    self._draw = _drawer((global_batch_size, resolution, resolution, 3), num_classes,
+                         tokenizer is not None, self._sharding)
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
-    batch = dict(self._draw(np.int32(self._index)))
+    batch = dict(self._draw(self._seed, np.int32(self._index), self._tokens))
     self._index += 1
     batch[batching.NUM_SKIPPED_KEY] = np.int32(0)
     return batch
