@@ -88,7 +88,7 @@ def forward_flops(model_fields, batch: int, height: int, width: int) -> dict[str
       "trunk attention (scores, values)": trunk_blocks * batch * 4 * tokens * tokens * d,
       "adaLN modulation": trunk_blocks * batch * 2 * 6 * d * d,
       "field weight generator": field_blocks * patches * 2 * d * (2 * dx * field_hidden),
-      "field MLP (per pixel)": field_blocks * patches * pixels_per_patch * 2 * (
+      "field MLP (per-pixel)": field_blocks * patches * pixels_per_patch * 2 * (
           2 * dx * field_hidden),
       "field in/out": patches * pixels_per_patch * 2 * (c * dx + dx * c),
   }
