@@ -195,10 +195,23 @@ def test_init_from_params_checkpoint(tmp_path):
     ("diffusion.time_distribution", "beta", "config.diffusion.time_distribution"),
     ("model.remat_policy", "all", "config.model.remat_policy = 'all'"),
     ("model.attention_implementation", "cudnn", "cuDNN kernel needs a GPU"),
+    ("profile.start_step", -1, "config.profile.start_step = -1"),
+    ("profile.num_steps", 0, "config.profile.num_steps = 0"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   with pytest.raises(validation.ConfigError, match=message.replace(".", r"\.")):
     validation.validate_config(_config(**{field: value}))
+
+
+def test_synthetic_data_fits_either_model_and_its_labels_the_model(tmp_path):
+  validation.validate_config(_config(**{"data.name": "synthetic"}))
+  with pytest.raises(validation.ConfigError, match=r"config\.data\.synthetic_num_classes = 11"):
+    validation.validate_config(_config(**{"data.name": "synthetic",
+                                          "data.synthetic_num_classes": 11}))
+  from configs import tiny_t2i
+  config = tiny_t2i.get_config()
+  config.data.name = "synthetic"
+  validation.validate_config(config, str(tmp_path))
 
 
 def test_batch_must_divide_over_devices(monkeypatch):
