@@ -103,7 +103,7 @@ def get_config():
 
   # An XProf trace of steps start_step .. start_step + num_steps - 1 into
   # <workdir>/plugins/profile (TensorBoard's profile tab); 0 = none. all_hosts: every
-  # process traces, not only process 0.
+  # process traces, not only process 0 (into <workdir>/process_<i>/plugins/profile).
   config.profile = ml_collections.ConfigDict(dict(start_step=0, num_steps=3,
                                                   all_hosts=False))
 

@@ -58,3 +58,24 @@ def test_step_count_is_xla_unscanned_and_analytic_when_scanned():
   assert counted.source.startswith("analytic count: scan_blocks")
   assert counted.per_device == analytic / jax.device_count()
   assert counted.peak == 275e12
+
+
+@pytest.mark.parametrize("preset_config", ["tiny", "tiny_t2i"])
+def test_forward_count_matches_xla_for_both_models(preset_config):
+  """The analytic forward (matmuls only) is within 15% of XLA's count of the forward,
+  which adds the elementwise work; for the class and the text model."""
+  import importlib
+  from pixnerd_jax import models
+  config = importlib.import_module(f"configs.{preset_config}").get_config()
+  model = models.build_model(config.model)
+  b, s = 8, 32
+  shapes = jax.ShapeDtypeStruct
+  if config.model.get("conditioning", "class") == "text":
+    y = shapes((b, config.model.txt_max_length, config.model.txt_embed_dim), jnp.float32)
+  else:
+    y = shapes((b,), jnp.int32)
+  lowered = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y)).lower(
+      models.param_shapes(model), shapes((b, s, s, 3), jnp.float32),
+      shapes((b,), jnp.float32), y)
+  analytic = sum(flops.forward_flops(config.model, b, s, s).values())
+  assert 0.85 * flops.xla_flops(lowered) < analytic <= flops.xla_flops(lowered)

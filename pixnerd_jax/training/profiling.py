@@ -1,8 +1,13 @@
 """A window of train steps traced with jax.profiler (config.profile).
 
 The trace goes to <workdir>/plugins/profile/<run>/, where TensorBoard's profile plugin
-(and XProf) look for it: `tensorboard --logdir <workdir>`, tab PROFILE.
+(and XProf) look for it: `tensorboard --logdir <workdir>`, tab PROFILE. With all_hosts in
+a multi-process run, process i writes under <workdir>/process_<i>/ instead: trace files
+are named after the host, and processes sharing a host name (several per machine,
+containers) would overwrite each other's.
 """
+
+import os
 
 from absl import logging
 import jax
@@ -18,6 +23,8 @@ class ProfileWindow:
     self._last = self._start + int(profile_config.get("num_steps", 1)) - 1 if self._start else 0
     all_hosts = bool(profile_config.get("all_hosts", False)) if profile_config else False
     self._enabled = self._start > 0 and (all_hosts or jax.process_index() == 0)
+    if all_hosts and jax.process_count() > 1:
+      workdir = os.path.join(workdir, f"process_{jax.process_index()}")
     self._workdir = workdir
     self.tracing = False
 
