@@ -108,12 +108,12 @@ def forward_flops(model_fields, batch: int, height: int, width: int) -> dict[str
 
 
 def train_step_flops(model_fields, batch: int, height: int, width: int,
-                     frozen_forward_flops: float = 0.0) -> float:
+                     frozen_forward: float = 0.0) -> float:
   """Analytic FLOPs of one train step over the global batch: forward + backward (twice
   the forward: gradients of inputs and of weights) of the model, plus the forward of
-  frozen networks (REPA's DINOv2, the text encoder) given as `frozen_forward_flops`."""
+  frozen networks (REPA's DINOv2, the text encoder) given as `frozen_forward`."""
   return 3.0 * sum(forward_flops(model_fields, batch, height, width).values()) + float(
-      frozen_forward_flops)
+      frozen_forward)
 
 
 def frozen_forward_flops(params, tokens: int) -> float:
