@@ -31,13 +31,13 @@ def _run_single(workdir, steps, devices):
   assert result.returncode == 0, result.stderr.decode()[-3000:]
 
 
-def _run_two_processes(workdir, steps):
+def _run_two_processes(workdir, steps, *extra):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   procs = [subprocess.Popen(
       _cmd(workdir, steps, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           f"--process_id={i}"), cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL,
+           f"--process_id={i}", *extra), cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE) for i in range(2)]
   for i, proc in enumerate(procs):
     _, err = proc.communicate(timeout=300)
@@ -59,8 +59,13 @@ def test_two_processes_match_one_and_resume(tmp_path):
   _run_single(reference, 6, devices=8)
 
   multi = tmp_path / "two_processes"
-  _run_two_processes(multi, 3)
+  _run_two_processes(multi, 3, "--config.profile.start_step=2",
+                     "--config.profile.num_steps=1", "--config.profile.all_hosts=True")
   assert _params(multi)[0] == 3
+  # Both processes traced step 2, each into its own folder.
+  for i in range(2):
+    traces = list((multi / f"process_{i}" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1, (i, traces)
   _run_two_processes(multi, 6)  # resumes from step 3 in both processes
   step, params = _params(multi)
   assert step == 6

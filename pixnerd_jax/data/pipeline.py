@@ -34,16 +34,20 @@ from pixnerd_jax.data import folder
 from pixnerd_jax.data import global_batch
 from pixnerd_jax.data import loading
 from pixnerd_jax.data import sharding as data_sharding
+from pixnerd_jax.data import synthetic
 from pixnerd_jax.data import tfds_source
 
 CLASS_SOURCE_NAMES = ('digits', 'tfds', 'folder')
 CAPTION_SOURCE_NAMES = ('digits_captions', 'caption_folder', 'caption_tar',
                         'tfds_captions')
-SOURCE_NAMES = CLASS_SOURCE_NAMES + CAPTION_SOURCE_NAMES
+# Made on the accelerators (data/synthetic.py): labels, or captions given a tokenizer.
+SYNTHETIC = 'synthetic'
+SOURCE_NAMES = CLASS_SOURCE_NAMES + CAPTION_SOURCE_NAMES + (SYNTHETIC,)
 
 
 def is_captioned(data_config: ml_collections.ConfigDict) -> bool:
-  """Whether `data_config.name` is a captioned (text-to-image) source."""
+  """Whether `data_config.name` is a captioned (text-to-image) source ('synthetic' is
+  either: see create_train_iterator)."""
   if data_config.name not in SOURCE_NAMES:
     raise ValueError(
         f'config.data.name={data_config.name!r} is not one of {SOURCE_NAMES}.')
@@ -62,6 +66,8 @@ def batch_keys(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def caption_vocabulary(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Every word the captions of `data_config` can hold, for the word-level
   tokenizer of a stand-in text encoder; only a templated source has one."""
+  if data_config.name == SYNTHETIC:
+    return synthetic.caption_vocabulary()
   if data_config.name != 'digits_captions':
     raise ValueError(
         f'config.data.name={data_config.name!r} has no closed caption vocabulary, '
@@ -121,6 +127,7 @@ def create_train_iterator(
     process_index: Optional[int] = None,
     process_count: Optional[int] = None,
     tokenizer: Optional[captions.Tokenizer] = None,
+    sharding: Optional[jax.sharding.Sharding] = None,
 ) -> grain.DatasetIterator:
   """Creates this process's infinite, checkpointable training iterator.
 
@@ -135,7 +142,10 @@ def create_train_iterator(
       by class sources: an object with `tokenize(list[str])` returning
       `input_ids` and `attention_mask`, (B, L) ints with a fixed L (e.g.
       `pixnerd_jax.models.text_encoder.TextEncoder`). It runs on this thread, after
-      the worker processes, so it need not be picklable.
+      the worker processes, so it need not be picklable. 'synthetic' takes one
+      (captions) or none (class labels).
+    sharding: 'synthetic' only: the batch sharding its arrays are drawn into
+      (default: the batch axis over all devices); other sources ignore it.
 
   Returns:
     A Grain iterator yielding dicts of numpy arrays with
@@ -176,6 +186,11 @@ def create_train_iterator(
         f'of the number of processes ({process_count}).')
   local_batch_size = global_batch_size // process_count
 
+  if data_config.name == SYNTHETIC:
+    return synthetic.SyntheticIterator(
+        global_batch_size=global_batch_size, resolution=int(data_config.resolution),
+        seed=seed, num_classes=int(data_config.get('synthetic_num_classes', 10)),
+        tokenizer=tokenizer, sharding=sharding)
   captioned = is_captioned(data_config)
   if captioned and tokenizer is None:
     raise ValueError(

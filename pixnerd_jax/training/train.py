@@ -30,6 +30,8 @@ from pixnerd_jax.models import text_encoder as text_encoder_lib
 from pixnerd_jax.runtime import host_malloc
 from pixnerd_jax.runtime import mesh as mesh_lib
 from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import flops as flops_lib
+from pixnerd_jax.training import profiling
 from pixnerd_jax.training import repa
 from pixnerd_jax.training import validation
 from pixnerd_jax.training.evaluator import TrainingEvaluator
@@ -342,7 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   tokenizer = {"tokenizer": text_encoder} if text_encoder is not None else {}
   train_iter = data_lib.create_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed, **tokenizer)
+      config.data, global_batch_size=config.batch_size, seed=config.seed,
+      sharding=program.batch_sharding, **tokenizer)
   manager = checkpoint.create_manager(workdir, config)
   restored_step, state, train_iter = checkpoint.restore_latest(manager, state, train_iter)
   if restored_step is not None:
@@ -368,6 +371,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                            writer=writer, every_steps=config.log_every)
+  profile = profiling.ProfileWindow(config.get("profile"), workdir)
+  step_flops = None
   history, pending_losses, skipped = [], [], 0
   data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
   step = initial_step
@@ -379,10 +384,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       skipped += int(local_batch.pop(data_lib.NUM_SKIPPED_KEY, 0))
       batch = data_lib.make_global_batch(local_batch, program.batch_sharding,
                                          keys=program.batch_keys)
+      profile.before_step(step)
       state, metrics = program.step(state, batch, frozen_params)
+      profile.after_step(step, metrics)
       if step == initial_step + 1:
         # The compile is done: hand back what it left free (a no-op off the CPU backend).
         host_malloc.release_free_memory()
+        step_flops = flops_lib.for_train_step(program, config, state, batch, frozen_params)
       history.append(metrics)
       pending_losses.append((step, metrics["loss"]))
       report(step)
@@ -397,6 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             "images_per_sec": config.batch_size * (step - log_step) / elapsed,
             "data_wait_fraction": data_wait / elapsed,
             "skipped_examples": float(skipped),
+            **step_flops.tflops_and_mfu((step - log_step) / elapsed),
         })
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         history, data_wait, log_start, log_step = [], 0.0, time.perf_counter(), step
@@ -411,6 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if config.eval_every and step % config.eval_every == 0 and not last:
         evaluator.evaluate(step, state.ema_params, config.eval_num_samples)
 
+  profile.stop()
   checkpoint.wait_until_saved(manager, step)
   if step == config.num_train_steps and not preemption.requested:
     if config.final_eval_num_samples:
