@@ -363,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if initial_step == 0:
     writer.write_hparams(validation.flat_hparams(config))
 
-  evaluator = TrainingEvaluator(config, program.model, workdir, writer,
+  evaluator = TrainingEvaluator(config, program.model, workdir, writer, mesh,
                                 text=(text_encoder, frozen_params.get("text")))
 
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
