@@ -13,9 +13,9 @@ import math
 
 from absl import logging
 import jax
-import numpy as np
 import optax
 from flax import linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -63,14 +63,16 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
 
 
 def create_mesh(mesh_config=None, devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over all global devices; Auto axes for linen rules."""
+  """A (data, fsdp, tensor) mesh over all global devices; Auto axes for linen rules.
+
+  The one place a device order is chosen (topology-aware on TPU): the trainer and
+  aot_compile both build their mesh here, so the program compiled ahead of time is the
+  one the pod runs.
+  """
   devices = jax.devices() if devices is None else devices
   mesh_config = mesh_config or {"data": -1, "fsdp": 1, "tensor": 1}
   shape = mesh_shape(mesh_config, len(devices))
-  try:
-    device_grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-  except Exception:  # pylint: disable=broad-except  # unusual topologies: plain order
-    device_grid = np.asarray(devices).reshape(shape)
+  device_grid = mesh_utils.create_device_mesh(shape, devices)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
