@@ -43,7 +43,7 @@ def _run_two_processes(workdir, steps, *extra, devices=4):
       _cmd(workdir, steps, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
            f"--process_id={i}", *extra), cwd=ROOT, env=_env(devices),
       stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(2)]
-  deadline = time.monotonic() + 300
+  deadline = time.monotonic() + 600
   while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
     if any(p.poll() not in (None, 0) for p in procs):
       break  # one failed: the other would wait for it forever

@@ -157,14 +157,26 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
   steps = sorted(manager.all_steps(), reverse=True)
   failed = []
   for step in steps:
-    restored, problem = None, None
+    restored, problem, other_config = None, None, None
     try:
       restored = _restore(manager.directory, step, state, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       problem = e
       logging.debug("Restoring step %d failed", step, exc_info=e)
-      _raise_if_written_with_another_config(manager, step, state)
-    if not _on_all_processes(problem is None):
+      try:
+        _raise_if_written_with_another_config(manager, step, state)
+      except CheckpointError as mismatch:
+        other_config = mismatch
+    # Every process takes part in every agreement before any of them raises: one that
+    # raised alone would leave the others waiting in the next collective forever.
+    outcomes = _outcomes_of_all_processes(
+        _OTHER_CONFIG if other_config else _FAILED if problem else _RESTORED)
+    if _OTHER_CONFIG in outcomes:
+      raise other_config or CheckpointError(
+          f"The checkpoint of step {step} in {manager.directory} was written with another "
+          "config (found on another process): restart with the config it was written "
+          "with, or use a new --workdir.")
+    if _FAILED in outcomes:
       reason = console.summary(problem, 250) if problem else "it failed on another process"
       logging.warning("The checkpoint of step %d in %s does not restore (%s); %s.", step,
                       manager.directory, reason,
@@ -187,12 +199,21 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
   return None, state, data_iterator
 
 
+# What one process found when restoring a step.
+_RESTORED, _FAILED, _OTHER_CONFIG = 0, 1, 2
+
+
+def _outcomes_of_all_processes(outcome: int) -> set[int]:
+  """The outcomes every process found (a collective: all processes must call it)."""
+  if jax.process_count() == 1:
+    return {outcome}
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return {int(o) for o in np.ravel(multihost_utils.process_allgather(np.int32(outcome)))}
+
+
 def _on_all_processes(ok: bool) -> bool:
   """Whether `ok` holds on every process (they must agree on which step they resume)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+  return _outcomes_of_all_processes(_RESTORED if ok else _FAILED) == {_RESTORED}
 
 
 def _move_aside(directory, step: int) -> epath.Path:
