@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -23,9 +24,10 @@ def _random_params(config, seed=0):
                       models.param_shapes(train.create_model(config)))
 
 
-def _workdir_with_checkpoint(config, path, step=3):
-  """A training workdir holding one checkpoint of `config` (random params, no training)."""
-  tx, _ = train.create_optimizer(config)
+def _workdir_with_checkpoint(config, path, step=3, tx=None):
+  """A training workdir holding one checkpoint of `config` (random params, no training);
+  its optimizer state from `tx` when given."""
+  tx = tx or train.create_optimizer(config)[0]
   state = train.create_train_state(_random_params(config), tx)
   iterator = data.create_train_iterator(config.data, global_batch_size=config.batch_size,
                                         seed=config.seed)
@@ -62,9 +64,20 @@ def test_finds_the_checkpoint_to_resume_and_checks_it_fits(tmp_path):
   config = tiny.get_config()
   _workdir_with_checkpoint(config, tmp_path)
   summary = dry_run.train(config, str(tmp_path))
-  assert summary["start"] == "resumes from the checkpoint of step 3 (params match config.model)"
+  assert summary["start"] == ("resumes from the checkpoint of step 3 (params and optimizer "
+                              "state match the config)")
   config.model.hidden_size, config.model.num_groups = 64, 4
   with pytest.raises(checkpoint.CheckpointError, match="does not fit config.model"):
+    dry_run.train(config, str(tmp_path))
+
+
+def test_checks_the_optimizer_state_of_the_checkpoint_it_would_resume(tmp_path):
+  """An optimizer state of another structure (here optax.chain's, as clipping used to
+  write) is refused by the dry run as the run's restore would refuse it."""
+  config = tiny.get_config()
+  other_tx = optax.chain(optax.clip_by_global_norm(1.0), train.create_optimizer(config)[0])
+  _workdir_with_checkpoint(config, tmp_path, tx=other_tx)
+  with pytest.raises(checkpoint.CheckpointError, match="written with another config"):
     dry_run.train(config, str(tmp_path))
 
 

@@ -260,3 +260,19 @@ def test_fid_is_logged_during_training_when_configured(tmp_path):
   events.Reload()
   tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
   assert {"eval/fid_fid", "eval/fid_inception_score"} <= tags, tags
+
+
+def test_grad_clipping_keeps_the_optimizer_state_and_clips():
+  """Clipping on or off gives the same optimizer-state tree (the non-finite-loss advice
+  to set grad_clip_norm resumes), and the moments see the clipped gradients."""
+  config = _config()
+  params = {"w": jnp.ones((3,))}
+  plain, _ = train.create_optimizer(config)
+  config.optimizer.grad_clip_norm = 0.5
+  clipped, _ = train.create_optimizer(config)
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(clipped.init(params))
+  grads = {"w": jnp.full((3,), 10.0)}
+  _, state = clipped.update(grads, clipped.init(params), params)
+  first_moment = jax.tree.leaves(state)[1]  # adam's mu after one step: (1 - b1) * grad
+  np.testing.assert_allclose(
+      float(jnp.linalg.norm(first_moment)), (1 - config.optimizer.b1) * 0.5, rtol=1e-5)

@@ -269,9 +269,17 @@ def _tree_difference(found: dict, expected: dict) -> str | None:
 def _raise_if_written_with_another_config(manager, step: int, state) -> None:
   """CheckpointError if the checkpoint's own metadata reads and differs from `state`;
   returns when the metadata matches or does not read (then the files are damaged)."""
+  check_written_with_this_config(manager.directory, step, state)
+
+
+def check_written_with_this_config(directory, step: int, state) -> None:
+  """CheckpointError if the state of directory/step (a CheckpointManager's directory)
+  has another tree or other shapes than `state` (arrays or ShapeDtypeStructs: params,
+  EMA, optimizer state, aux params); returns when they match or the metadata does not
+  read."""
   handler = ocp.StandardCheckpointHandler()
   try:
-    metadata = handler.metadata(epath.Path(manager.directory) / str(step) / "state")
+    metadata = handler.metadata(epath.Path(directory) / str(step) / "state")
   except Exception:  # pylint: disable=broad-except
     return
   finally:
@@ -281,7 +289,7 @@ def _raise_if_written_with_another_config(manager, step: int, state) -> None:
   difference = _tree_difference(_shapes_by_path(metadata), _shapes_by_path(state))
   if difference:
     raise CheckpointError(
-        f"The checkpoint of step {step} in {manager.directory} was written with another "
+        f"The checkpoint of step {step} in {directory} was written with another "
         "config: restart with the config it was written with, or use a new --workdir. "
         f"({difference})")
 

@@ -75,8 +75,21 @@ def create_optimizer(config: ml_collections.ConfigDict):
   adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                       weight_decay=opt.weight_decay)
   if opt.grad_clip_norm and opt.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw), schedule
+    return _clipped(adamw, opt.grad_clip_norm), schedule
   return adamw, schedule
+
+
+def _clipped(tx: optax.GradientTransformation, max_norm: float):
+  """`tx` applied to gradients clipped to global norm `max_norm`, with exactly `tx`'s
+  state: turning clipping on or off keeps the checkpoint's optimizer state, so a run
+  restarts with it (optax.chain would add a state entry)."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(grads, state, params=None):
+    clipped, _ = clip.update(grads, clip.init(grads), params)
+    return tx.update(clipped, state, params)
+
+  return optax.GradientTransformation(tx.init, update)
 
 
 def init_params(model: PixNerDiT, seed: int):
