@@ -162,7 +162,7 @@ def test_all_files_bad_raises_instead_of_looping(tmp_path):
   it = data.create_train_iterator(
       utils.make_config(name='folder', folder=str(tmp_path)),
       global_batch_size=2, seed=0)
-  with pytest.raises(RuntimeError, match='consecutive'):
+  with pytest.raises(data.DataError, match='consecutive'):
     next(it)
 
 
@@ -178,7 +178,7 @@ def test_empty_class_folder_raises_naming_it(tmp_path):
   utils.make_distinct_folder(tmp_path, 4)
   (tmp_path / 'empty_class').mkdir()
   (tmp_path / 'empty_class' / 'readme.txt').write_text('no images here')
-  with pytest.raises(ValueError, match='empty_class'):
+  with pytest.raises(data.DataError, match='empty_class'):
     data.create_train_iterator(
         utils.make_config(name='folder', folder=str(tmp_path)),
         global_batch_size=2, seed=0)
@@ -186,7 +186,7 @@ def test_empty_class_folder_raises_naming_it(tmp_path):
 
 def test_root_without_class_folders_raises(tmp_path):
   utils.save_image(tmp_path / 'loose.png', Image.new('RGB', (8, 8)))
-  with pytest.raises(ValueError, match='no class sub-folders'):
+  with pytest.raises(data.DataError, match='no class sub-folders'):
     data.create_train_iterator(
         utils.make_config(name='folder', folder=str(tmp_path)),
         global_batch_size=2, seed=0)
@@ -226,3 +226,18 @@ def test_make_global_batch_shards_the_batch_axis():
     assert isinstance(value, jax.Array)
     assert value.sharding == sharding
     np.testing.assert_array_equal(np.asarray(value), local[key])
+
+
+def test_more_classes_than_the_model_is_refused_when_the_source_is_built(tmp_path):
+  """4 class folders for num_classes=2 would train into NaN; num_classes=3 would train
+  label 3 as the null class. Named at build time: label, class name, counts."""
+  for name in ('a', 'b', 'c', 'd'):
+    utils.save_image(tmp_path / name / '0.png', Image.new('RGB', (8, 8)))
+  config = utils.make_config(name='folder', folder=str(tmp_path))
+  for num_classes, label in ((2, 2), (3, 3)):
+    with pytest.raises(data.DataError, match=(
+        rf"has 4 classes \(labels 0..3\), config.model.num_classes={num_classes}: label "
+        rf"{label} \('{'abcd'[label]}'\) and above .* --config.model.num_classes=4")):
+      data.create_train_iterator(config, global_batch_size=2, seed=0,
+                                 num_classes=num_classes)
+  next(data.create_train_iterator(config, global_batch_size=2, seed=0, num_classes=4))

@@ -13,6 +13,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from pixnerd_jax.data.errors import DataError
+
 NUM_SKIPPED_KEY = 'num_skipped'
 
 
@@ -31,7 +33,7 @@ class FullBatchIterDataset(grain.IterDataset):
       parent: stream of dicts of numpy arrays, or `None` for a failed example.
       batch_size: examples per batch; every emitted batch is full.
       max_consecutive_skips: more consecutive `None`s than this raises
-        RuntimeError (e.g. a whole epoch of unreadable files), instead of
+        DataError (e.g. a whole epoch of unreadable files), instead of
         looping forever.
     """
     super().__init__(parent)
@@ -69,7 +71,7 @@ class _FullBatchIterator(grain.DatasetIterator):
         skipped += 1
         consecutive += 1
         if consecutive > self._max_consecutive_skips:
-          raise RuntimeError(
+          raise DataError(
               f'{consecutive} consecutive examples failed to load; the data '
               'source looks unreadable (see the warnings logged for each).')
         continue

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from pixnerd_jax.data import preprocess
+from pixnerd_jax.data.errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
 
@@ -36,7 +37,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
 
   Raises:
     FileNotFoundError: `root` does not exist or is not a directory.
-    ValueError: `root` has no class folders, or a class folder has no images.
+    DataError: `root` has no class folders, or a class folder has no images.
   """
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -47,7 +48,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
       entry.name for entry in os.scandir(root)
       if entry.is_dir() and not is_hidden(entry.name))
   if not class_names:
-    raise ValueError(
+    raise DataError(
         f'config.data.folder={root!r} has no class sub-folders. Expected '
         'root/<class_name>/<image files> (one sub-folder per class).')
   paths, labels = [], []
@@ -62,7 +63,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
           labels.append(label)
           count += 1
     if not count:
-      raise ValueError(
+      raise DataError(
           f'Class folder {class_dir!r} contains no image files '
           f'(extensions {", ".join(IMAGE_EXTENSIONS)}). Add images to it or '
           'remove it; an empty class would leave its class id unused.')

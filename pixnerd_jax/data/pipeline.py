@@ -35,6 +35,7 @@ from pixnerd_jax.data import global_batch
 from pixnerd_jax.data import loading
 from pixnerd_jax.data import sharding as data_sharding
 from pixnerd_jax.data import tfds_source
+from pixnerd_jax.data.errors import DataError
 
 CLASS_SOURCE_NAMES = ('digits', 'tfds', 'folder')
 CAPTION_SOURCE_NAMES = ('digits_captions', 'caption_folder', 'caption_tar',
@@ -113,6 +114,25 @@ def make_source(
       f'config.data.name={name!r} is not one of {SOURCE_NAMES}.')
 
 
+def check_labels_fit(source, data_config, num_classes: int) -> None:
+  """DataError when `source` has labels the model has no class for.
+
+  A label >= num_classes would index past the class table (NaN) or, equal to
+  num_classes, silently train as the unconditional (null) class. Sources that
+  do not know their class count (some TFDS datasets) are not checked here.
+  """
+  count = getattr(source, 'num_classes', None)
+  if count is None or count <= num_classes:
+    return
+  names = getattr(source, 'class_names', None)
+  first = f' ({names[num_classes]!r})' if names else ''
+  raise DataError(
+      f'config.data.name={data_config.name!r} has {count} classes (labels '
+      f'0..{count - 1}), config.model.num_classes={num_classes}: label '
+      f'{num_classes}{first} and above have no class in the model. Set '
+      f'--config.model.num_classes={count}, or train on {num_classes} classes.')
+
+
 def create_train_iterator(
     data_config: ml_collections.ConfigDict,
     *,
@@ -121,6 +141,7 @@ def create_train_iterator(
     process_index: Optional[int] = None,
     process_count: Optional[int] = None,
     tokenizer: Optional[captions.Tokenizer] = None,
+    num_classes: Optional[int] = None,
 ) -> grain.DatasetIterator:
   """Creates this process's infinite, checkpointable training iterator.
 
@@ -131,6 +152,8 @@ def create_train_iterator(
       `data_config.seed`.
     process_index: this host's index; defaults to `jax.process_index()`.
     process_count: number of hosts; defaults to `jax.process_count()`.
+    num_classes: the class model's classes (labels 0..num_classes-1; the id
+      num_classes is its null class): a source with more classes is refused.
     tokenizer: required by captioned sources (CAPTION_SOURCE_NAMES), refused
       by class sources: an object with `tokenize(list[str])` returning
       `input_ids` and `attention_mask`, (B, L) ints with a fixed L (e.g.
@@ -190,8 +213,10 @@ def create_train_iterator(
   token_length = captions.token_length(tokenizer) if captioned else None
 
   source = make_source(data_config)
+  if num_classes is not None:
+    check_labels_fit(source, data_config, num_classes)
   if len(source) < global_batch_size:
-    raise ValueError(
+    raise DataError(
         f'The {data_config.name!r} dataset has {len(source)} examples, fewer '
         f'than one global batch ({global_batch_size}). Add data or lower the '
         'batch size.')

@@ -21,6 +21,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
+
+class MeshError(ValueError):
+  """config.mesh does not fit the devices; the message says how to fix it."""
+
 # logical axis -> mesh axis (None = replicated). Activations use the same names.
 LOGICAL_AXIS_RULES = (
     ("batch", BATCH_AXES),
@@ -49,15 +53,15 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
   """Axis sizes for MESH_AXES from config (one may be -1 = the remaining devices)."""
   sizes = [int(mesh_config[name]) for name in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(mesh_config)}.")
+    raise MeshError(f"config.mesh: at most one axis may be -1, got {dict(mesh_config)}.")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"config.mesh {dict(mesh_config)} does not divide {num_devices} "
+      raise MeshError(f"config.mesh {dict(mesh_config)} does not divide {num_devices} "
                        "devices. Fix: choose axis sizes whose product divides the count.")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices, "
+    raise MeshError(f"config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices, "
                      f"there are {num_devices}. Fix: make the product equal, or use -1.")
   return tuple(sizes)
 

@@ -145,9 +145,9 @@ def _first_batch(config, program: train_lib.TrainProgram, batch_spec: dict,
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.num_workers = 0  # the same examples; no worker processes for one batch
   started = time.perf_counter()
-  tokenizer = {"tokenizer": encoder} if encoder is not None else {}
   iterator = data_lib.create_train_iterator(data_config, global_batch_size=config.batch_size,
-                                            seed=config.seed, **tokenizer)
+                                            seed=config.seed,
+                                            **train_lib.data_conditioning(config, encoder))
   batch = next(iterator)
   seconds = time.perf_counter() - started
   skipped = int(batch.pop(data_lib.NUM_SKIPPED_KEY, 0))

@@ -227,6 +227,14 @@ class TrainProgram:
   step: Callable
 
 
+def data_conditioning(config: ml_collections.ConfigDict, text_encoder=None) -> dict:
+  """create_train_iterator's conditioning arguments: the text model's tokenizer, or the
+  class model's class count (a source with more classes is refused when built)."""
+  if text_encoder is not None:
+    return {"tokenizer": text_encoder}
+  return {"num_classes": int(config.model.num_classes)}
+
+
 def text_encoder_for_run(config: ml_collections.ConfigDict, workdir: str):
   """(encoder, params) of a text-to-image run, loaded as sampling will load them: from
   config.text_encoder.path, or from the stand-in this run writes to its workdir."""
@@ -353,9 +361,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   parameter_overview.log_parameter_overview(state.params)
   logging.info("Model: %s parameters", f"{count_params(state.params):,}")
 
-  tokenizer = {"tokenizer": text_encoder} if text_encoder is not None else {}
   train_iter = data_lib.create_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed, **tokenizer)
+      config.data, global_batch_size=config.batch_size, seed=config.seed,
+      **data_conditioning(config, text_encoder))
   manager = checkpoint.create_manager(workdir, config)
   restored_step, state, train_iter = checkpoint.restore_latest(manager, state, train_iter)
   if restored_step is not None:
