@@ -155,15 +155,40 @@ def test_bad_files_are_skipped_counted_and_batches_stay_full(tmp_path):
   assert total_skipped == expected >= 9  # 48 good reads span >4 epochs.
 
 
-def test_all_files_bad_raises_instead_of_looping(tmp_path):
-  for i in range(4):
+def test_all_files_bad_stop_after_a_bounded_run_quoting_the_first_causes(tmp_path):
+  """150 unreadable files: one DataError after MAX_CONSECUTIVE_SKIPS + 1 reads (not a
+  warning per file of the epoch), quoting the first files and their errors."""
+  from pixnerd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  for i in range(150):
     (tmp_path / 'a').mkdir(exist_ok=True)
-    (tmp_path / 'a' / f'{i}.png').write_bytes(b'junk')
+    (tmp_path / 'a' / f'{i:03d}.png').write_bytes(b'junk')
   it = data.create_train_iterator(
-      utils.make_config(name='folder', folder=str(tmp_path)),
+      utils.make_config(name='folder', folder=str(tmp_path), shuffle=False),
       global_batch_size=2, seed=0)
-  with pytest.raises(data.DataError, match='consecutive'):
+  with pytest.raises(data.DataError) as e:
     next(it)
+  message = str(e.value)
+  assert message.startswith(f'{pipeline.MAX_CONSECUTIVE_SKIPS + 1} consecutive examples '
+                            'failed to load'), message
+  assert '000.png: UnidentifiedImageError' in message and '002.png' in message
+  assert '003.png' not in message and len(message) < 1200
+
+
+def test_only_unreadable_files_are_skipped_a_bug_propagates():
+  from pixnerd_jax.data import batching, loading  # pylint: disable=g-import-not-at-top
+
+  class Source:
+    def __init__(self, error):
+      self.error = error
+    def load(self, index):
+      raise self.error
+    def describe(self, index):
+      return f'file {index}'
+
+  skipped = loading.LoadExample(Source(OSError('truncated')), random_flip=False, seed=0)(0, 7)
+  assert isinstance(skipped, batching.Skipped) and 'file 7: OSError: truncated' in skipped.reason
+  with pytest.raises(KeyError):
+    loading.LoadExample(Source(KeyError('label')), random_flip=False, seed=0)(0, 7)
 
 
 def test_missing_root_raises_file_not_found(tmp_path):

@@ -114,6 +114,11 @@ def make_source(
       f'config.data.name={name!r} is not one of {SOURCE_NAMES}.')
 
 
+# More consecutive unreadable examples than this stop the run with one error:
+# a working dataset with scattered bad files never comes close.
+MAX_CONSECUTIVE_SKIPS = 100
+
+
 def check_labels_fit(source, data_config, num_classes: int) -> None:
   """DataError when `source` has labels the model has no class for.
 
@@ -238,15 +243,14 @@ def create_train_iterator(
   # many local batches of examples ahead, and each worker keeps that many
   # finished batches.
   prefetch_batches = max(1, int(data_config.get('prefetch_buffer_size', 2)))
-  # allow_nones: failed examples must reach the batcher to be counted.
+  # Failed examples travel as batching.Skipped, so the batcher counts them.
   it_ds = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads,
                         prefetch_buffer_size=prefetch_batches *
-                        local_batch_size),
-      allow_nones=True)
+                        local_batch_size))
   it_ds = batching.FullBatchIterDataset(
       it_ds, batch_size=local_batch_size,
-      max_consecutive_skips=len(source))
+      max_consecutive_skips=min(len(source), MAX_CONSECUTIVE_SKIPS))
 
   num_workers = int(data_config.get('num_workers', 0))
   if num_workers > 0:
