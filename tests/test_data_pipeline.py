@@ -1,5 +1,6 @@
 """Tests of the Grain training pipeline on the digits and folder sources."""
 
+import os
 import itertools
 
 import jax
@@ -266,3 +267,22 @@ def test_more_classes_than_the_model_is_refused_when_the_source_is_built(tmp_pat
       data.create_train_iterator(config, global_batch_size=2, seed=0,
                                  num_classes=num_classes)
   next(data.create_train_iterator(config, global_batch_size=2, seed=0, num_classes=4))
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+  """A Latin-1 'café.png' (byte 0xe9) in a folder, a caption folder and a tar shard
+  name: read like any other file instead of aborting the run."""
+  from pixnerd_jax.data import caption_folder, folder, tar_index  # pylint: disable=g-import-not-at-top
+  latin1 = os.fsdecode(b'caf\xe9')
+  (tmp_path / 'images' / 'a').mkdir(parents=True)
+  (tmp_path / 'images' / 'a' / f'{latin1}.png').write_bytes(utils.grey_png(77))
+  source = folder.FolderSource(str(tmp_path / 'images'), 8)
+  pixels, label = source.load(0)
+  assert label == 0 and pixels[0, 0, 0] == 77
+  (tmp_path / 'captioned').mkdir()
+  (tmp_path / 'captioned' / f'{latin1}.png').write_bytes(utils.grey_png(77))
+  (tmp_path / 'captioned' / f'{latin1}.txt').write_text('grey 77')
+  pixels, caption, _ = caption_folder.CaptionFolderSource(
+      str(tmp_path / 'captioned'), 8).load(0, np.random.default_rng(0))
+  assert caption == 'grey 77' and pixels[0, 0, 0] == 77
+  assert len(tar_index.index_paths(str(tmp_path / f'{latin1}.tar'))) == 2

@@ -79,7 +79,8 @@ class FolderSource:
     self.class_names, paths, self._labels = scan_folder(root)
     # One fixed-width bytes array instead of a list of str: a compact pickle
     # (ImageNet has 1.28M paths) for every worker process.
-    self._paths = np.asarray([p.encode('utf-8') for p in paths])
+    # fsencode: a file name that is not UTF-8 (Latin-1 'café.png') round-trips.
+    self._paths = np.asarray([os.fsencode(p) for p in paths])
 
   def __len__(self) -> int:
     return len(self._labels)
@@ -89,7 +90,7 @@ class FolderSource:
     return len(self.class_names)
 
   def path(self, index: int) -> str:
-    return os.path.join(self._root, self._paths[index].decode('utf-8'))
+    return os.path.join(self._root, os.fsdecode(self._paths[index]))
 
   def load(self, index: int) -> tuple[np.ndarray, int]:
     """Returns uint8 (S, S, 3) and the label of example `index`.
