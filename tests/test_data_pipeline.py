@@ -286,3 +286,20 @@ def test_file_names_that_are_not_utf8_are_read(tmp_path):
       str(tmp_path / 'captioned'), 8).load(0, np.random.default_rng(0))
   assert caption == 'grey 77' and pixels[0, 0, 0] == 77
   assert len(tar_index.index_paths(str(tmp_path / f'{latin1}.tar'))) == 2
+
+
+def test_hosts_that_see_different_data_all_stop(tmp_path, monkeypatch):
+  """A shard unreadable on one host changes that host's source length: every process
+  gets the same DataError (simulated: the other host saw one example fewer)."""
+  from pixnerd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  utils.make_distinct_folder(tmp_path, 4)
+  source = pipeline.make_source(utils.make_config(name='folder', folder=str(tmp_path)))
+  config = utils.make_config(name='folder', folder=str(tmp_path))
+  monkeypatch.setattr(pipeline, '_gather_from_processes',
+                      lambda seen: np.stack([seen, seen]))
+  pipeline.check_hosts_agree(source, config)
+  monkeypatch.setattr(pipeline, '_gather_from_processes',
+                      lambda seen: np.stack([seen, seen - [1, 0]]))
+  with pytest.raises(data.DataError, match=r"process 0: 4 examples, process 1: 3 "
+                     r"examples.*Make the same data readable on every host"):
+    pipeline.check_hosts_agree(source, config)

@@ -23,6 +23,7 @@ from absl import flags
 import grain
 import jax
 import ml_collections
+import numpy as np
 
 from pixnerd_jax.data import batching
 from pixnerd_jax.data import caption_folder
@@ -117,6 +118,29 @@ def make_source(
 # More consecutive unreadable examples than this stop the run with one error:
 # a working dataset with scattered bad files never comes close.
 MAX_CONSECUTIVE_SKIPS = 100
+
+
+def _gather_from_processes(values: np.ndarray) -> np.ndarray:
+  """(P, ...) the `values` of every process (a collective: all must call it)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(values))
+
+
+def check_hosts_agree(source, data_config) -> None:
+  """DataError on every process unless all see the same source (length and class
+  count): a shard readable on one host only would give hosts different shuffles
+  and batch splits, silently."""
+  seen = np.asarray([len(source), getattr(source, 'num_classes', None) or -1],
+                    np.int64)
+  every = _gather_from_processes(seen)
+  if (every != every[0]).any():
+    views = ', '.join(f'process {i}: {int(n)} examples'
+                      for i, (n, _) in enumerate(every))
+    raise DataError(
+        f'The hosts see different {data_config.name!r} data ({views}; class '
+        f'counts {sorted(set(int(c) for c in every[:, 1]))}): a file or shard '
+        'is missing or unreadable on some of them (see their warnings). Make '
+        'the same data readable on every host.')
 
 
 def check_labels_fit(source, data_config, num_classes: int) -> None:
@@ -218,6 +242,8 @@ def create_train_iterator(
   token_length = captions.token_length(tokenizer) if captioned else None
 
   source = make_source(data_config)
+  if process_count > 1 and jax.process_count() == process_count:
+    check_hosts_agree(source, data_config)
   if num_classes is not None:
     check_labels_fit(source, data_config, num_classes)
   if len(source) < global_batch_size:

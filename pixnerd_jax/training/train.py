@@ -334,6 +334,15 @@ def _closed_on_error(manager):
     raise
 
 
+def sum_over_processes(value: int) -> int:
+  """The sum of an int over all processes (each counts its own share of the data); a
+  collective: all processes call it at the same steps."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.sum(multihost_utils.process_allgather(np.int64(value))))
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
@@ -417,7 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         scalars.update({
             "images_per_sec": config.batch_size * (step - log_step) / elapsed,
             "data_wait_fraction": data_wait / elapsed,
-            "skipped_examples": float(skipped),
+            "skipped_examples": float(sum_over_processes(skipped)),
         })
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         history, data_wait, log_start, log_step = [], 0.0, time.perf_counter(), step
