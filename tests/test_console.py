@@ -151,3 +151,24 @@ def test_main_prints_a_bad_mesh_an_empty_folder_and_unreadable_data_in_one_line(
     assert console.entry_point(known=main.USER_ERRORS)(fails)() == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_skipping_libtpu_keeps_jax_fallback_from_a_gpu_plugin_to_cpu(monkeypatch):
+  """Off TPU hosts only the TPU backend is unregistered; jax_platforms stays unset, so a
+  GPU plugin that cannot start (no visible GPU) still falls back to CPU as in plain JAX
+  (naming every plugin in jax_platforms made that failure fatal)."""
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  factories = {name: types.SimpleNamespace(priority=p)
+               for name, p in (("tpu", 300), ("cuda", 200), ("cpu", 0))}
+  monkeypatch.setattr(xla_bridge, "_backend_factories", factories)
+  monkeypatch.setattr(xla_bridge, "_discover_and_register_pjrt_plugins", lambda: None)
+  monkeypatch.setattr(console, "host_has_tpu", lambda: False)
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  before = jax.config.jax_platforms  # conftest sets cpu; a user's start has it unset
+  jax.config.update("jax_platforms", None)
+  try:
+    assert console.skip_tpu_backend() == "cuda,cpu"
+    assert not jax.config.jax_platforms
+    assert set(factories) == {"cuda", "cpu"}
+  finally:
+    jax.config.update("jax_platforms", before)
