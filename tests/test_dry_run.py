@@ -134,3 +134,23 @@ def test_validation_still_runs_first():
   config.optimizer.learning_rate = -1.0
   with pytest.raises(validation.ConfigError, match="config.optimizer.learning_rate"):
     dry_run.train(config, "/tmp/unused_dry_run_workdir")
+
+
+def test_sampling_reads_only_the_params_it_samples_with(tmp_path, monkeypatch):
+  """A workdir's EMA (or online) params are read alone: not the optimizer's moments."""
+  from pixnerd_jax.sampling import trained_params  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  _workdir_with_checkpoint(config, tmp_path)
+  step, full = checkpoint.load_train_state(str(tmp_path))
+  step_ema, ema_only = checkpoint.load_train_state(str(tmp_path), only=("ema_params",))
+  assert step == step_ema == 3 and set(ema_only) == {"ema_params"}
+  for a, b in zip(jax.tree.leaves(full["ema_params"]), jax.tree.leaves(ema_only["ema_params"]),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  read = []
+  real = checkpoint.load_train_state
+  monkeypatch.setattr(checkpoint, "load_train_state",
+                      lambda *a, **k: read.append(k.get("only")) or real(*a, **k))
+  trained_params.load_checkpoint(str(tmp_path), config)
+  trained_params.load_checkpoint(str(tmp_path), config, online=True)
+  assert read == [("ema_params",), ("params",)]

@@ -311,12 +311,15 @@ def match_params(params, reference, source: str):
   return params
 
 
-def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
+def load_train_state(workdir: str, step: int | None = None,
+                     only: tuple[str, ...] | None = None) -> tuple[int, dict]:
   """(step, state as nested dicts) from a training workdir: params, ema_params, ... .
 
   Reads the given step, or the newest checkpoint that reads (a damaged newer one is
   skipped with a warning, and left in place), onto this process's first device, whatever
-  mesh or host count wrote it; no config or model needed.
+  mesh or host count wrote it; no config or model needed. `only` names the entries to
+  read (e.g. ('ema_params',) for sampling): the others (the optimizer's moments, 2x the
+  params) are neither read nor held in memory.
   """
   directory = epath.Path(workdir).absolute() / "checkpoints"
   if not directory.exists():
@@ -330,7 +333,7 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
   candidates = [step] if step is not None else steps[::-1]
   for candidate in candidates:
     try:
-      return candidate, _read_state(directory, candidate)
+      return candidate, _read_state(directory, candidate, only)
     except Exception as e:  # pylint: disable=broad-except  # damaged files raise many types
       logging.debug("Reading step %d failed", candidate, exc_info=e)
       problem = console.summary(e, 200)
@@ -346,17 +349,31 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
                         f"{problem})")
 
 
-def _read_state(directory: epath.Path, step: int) -> dict:
+def _read_state(directory: epath.Path, step: int, only: tuple[str, ...] | None = None) -> dict:
   # The handler alone: a Checkpointer on the item directory would warn that the step's
   # metadata file is not there (it is one level up).
   handler = ocp.StandardCheckpointHandler()
   try:
     path = directory / str(step) / "state"
     metadata = handler.metadata(path)
+    if only is not None:
+      missing = [key for key in only if key not in metadata]
+      if missing:
+        raise CheckpointError(f"The checkpoint {path} has no {missing}.")
+      metadata = {key: metadata[key] for key in only}
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-    return handler.restore(path, args=ocp.args.StandardRestore(target))
+    if only is None:
+      return handler.restore(path, args=ocp.args.StandardRestore(target))
   finally:
     handler.close()
+  # A part of the saved tree: the rest is not read.
+  partial = ocp.PyTreeCheckpointHandler()
+  try:
+    return partial.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  finally:
+    partial.close()
