@@ -82,7 +82,7 @@ def test_never_awaited_library_coroutines_are_not_printed():
   """The leftover of a failed Orbax restore that ended a fault test's stderr under load."""
   code = (
       "import gc\n"
-      "from pixnerd_jax import console\n"
+      "from pixnerd_jax.runtime import console\n"
       "console.quiet_start(tpu=False)\n"
       "async def read_shard():\n"
       "  pass\n"
