@@ -97,13 +97,13 @@ def test_finds_what_the_run_would_trip_over(tmp_path, capsys):
   config.data.resolution = 18  # not a multiple of the patch size
   assert dry_run.report_errors(dry_run.train, config, str(tmp_path)) == 1
   assert "error: config.data.resolution = 18" in capsys.readouterr().err
-  # A folder with 2 classes for a 1-class model: the run would not notice.
+  # A folder with 2 classes for a 1-class model: refused where the source is built.
   data_test_utils.make_distinct_folder(tmp_path / "folder", num_images=16)
   config = tiny.get_config()
   config.data.name, config.data.folder = "folder", str(tmp_path / "folder")
   config.model.num_classes = 1
-  with pytest.raises(dry_run.DryRunError, match="config.model.num_classes = 1: the first "
-                     "batch has label 1"):
+  with pytest.raises(data.DataError, match=r"has 2 classes \(labels 0..1\), "
+                     r"config.model.num_classes=1: label 1 \('odd'\)"):
     dry_run.train(config, str(tmp_path / "run"))
   config.data.folder = str(tmp_path / "missing")
   assert dry_run.report_errors(dry_run.train, config, str(tmp_path / "run")) == 1

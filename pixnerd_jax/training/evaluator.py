@@ -51,7 +51,9 @@ class TrainingEvaluator:
       noise = jax.random.normal(key, (condition.shape[0],) + shape)
       noise = jax.lax.with_sharding_constraint(noise, self._batch_sharding)
       velocity = lambda x, t, y: model.apply({"params": params}, x, t, y)
-      return samplers.sample(velocity, noise, condition, null_class=null, **settings)
+      # The key feeds the SDE steps (config.sampling.step_fn); ODE steps ignore it.
+      return samplers.sample(velocity, noise, condition, null_class=null,
+                             key=jax.random.fold_in(key, 1), **settings)
 
     # Replicated out: each process holds every sample (an all-gather over the mesh).
     jitted = jax.jit(sample, out_shardings=mesh_lib.replicated(mesh))
