@@ -42,15 +42,27 @@ def test_loss_goes_down_on_digits():
                                    config=config))
   it = data.create_train_iterator(config.data, global_batch_size=32, seed=0)
   losses = []
+  initial = jax.device_get(state.params)
   for _ in range(60):
     batch = next(it)
+    previous_ema = jax.device_get(state.ema_params)
     state, metrics = step(state, {"image": batch["image"], "label": batch["label"]})
     losses.append(float(metrics["loss"]))
   assert int(state.step) == 60
   assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:5]), losses
-  # EMA trails the online weights.
-  leaf = lambda t: np.asarray(jax.tree.leaves(t)[0])
-  assert not np.array_equal(leaf(state.ema_params), leaf(state.params))
+  # EMA moved away from the initial params, trails the online ones, and its last update
+  # is decay * previous + (1 - decay) * new params (a never-updated EMA fails all three).
+  decay = float(train.ema_decay_at(jnp.int32(59), config.ema_decay, config.ema_warmup))
+  for ema, online, before, init in zip(*map(jax.tree.leaves, (
+      jax.device_get(state.ema_params), jax.device_get(state.params), previous_ema,
+      initial)), strict=True):
+    np.testing.assert_allclose(ema, decay * before + (1 - decay) * online, rtol=1e-6,
+                               atol=1e-7)
+  ema_leaves = jax.tree.leaves(jax.device_get(state.ema_params))
+  assert any(not np.array_equal(e, i) for e, i in zip(ema_leaves, jax.tree.leaves(initial),
+                                                      strict=True))
+  assert any(not np.array_equal(e, o) for e, o in zip(
+      ema_leaves, jax.tree.leaves(jax.device_get(state.params)), strict=True))
 
 
 def test_step_noise_depends_only_on_step():
