@@ -96,6 +96,8 @@ def get_config():
       guidance_interval_max=1.0,
       timeshift=1.0,
       last_step=config_dict.placeholder(float),  # unset: 1 / num_steps
+      exact_heun=False,       # heun: no velocity reuse between steps
+      step_fn="ode",          # euler: ode | sde_mean | sde | sde_preserve (spec 5.1)
       # Text models: ';'-separated prompts for the sample grids (digits_captions: held-out
       # captions when empty).
       prompts="",

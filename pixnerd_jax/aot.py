@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from pixnerd_jax.runtime import cli
 from pixnerd_jax.runtime import console
+from pixnerd_jax.runtime import mesh as mesh_lib
 from pixnerd_jax.training import flops as flops_lib
 from pixnerd_jax.training import validation
 from pixnerd_jax.training.aot_compile import (CHIPS, GIB, AotError, Compiled, oom_gib,
@@ -122,7 +123,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   validation.validate_config(config, platform="tpu")
 
 
-@console.entry_point(known=(AotError, validation.ConfigError), code=2)
+@console.entry_point(known=(AotError, validation.ConfigError, mesh_lib.MeshError), code=2)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

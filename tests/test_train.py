@@ -43,15 +43,27 @@ def test_loss_goes_down_on_digits():
                                    config=config))
   it = data.create_train_iterator(config.data, global_batch_size=32, seed=0)
   losses = []
+  initial = jax.device_get(state.params)
   for _ in range(60):
     batch = next(it)
+    previous_ema = jax.device_get(state.ema_params)
     state, metrics = step(state, {"image": batch["image"], "label": batch["label"]})
     losses.append(float(metrics["loss"]))
   assert int(state.step) == 60
   assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:5]), losses
-  # EMA trails the online weights.
-  leaf = lambda t: np.asarray(jax.tree.leaves(t)[0])
-  assert not np.array_equal(leaf(state.ema_params), leaf(state.params))
+  # EMA moved away from the initial params, trails the online ones, and its last update
+  # is decay * previous + (1 - decay) * new params (a never-updated EMA fails all three).
+  decay = float(train.ema_decay_at(jnp.int32(59), config.ema_decay, config.ema_warmup))
+  for ema, online, before, init in zip(*map(jax.tree.leaves, (
+      jax.device_get(state.ema_params), jax.device_get(state.params), previous_ema,
+      initial)), strict=True):
+    np.testing.assert_allclose(ema, decay * before + (1 - decay) * online, rtol=1e-6,
+                               atol=1e-7)
+  ema_leaves = jax.tree.leaves(jax.device_get(state.ema_params))
+  assert any(not np.array_equal(e, i) for e, i in zip(ema_leaves, jax.tree.leaves(initial),
+                                                      strict=True))
+  assert any(not np.array_equal(e, o) for e, o in zip(
+      ema_leaves, jax.tree.leaves(jax.device_get(state.params)), strict=True))
 
 
 def test_step_noise_depends_only_on_step():
@@ -307,3 +319,19 @@ def test_fid_is_logged_during_training_when_configured(tmp_path):
   events.Reload()
   tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
   assert {"eval/fid_fid", "eval/fid_inception_score"} <= tags, tags
+
+
+def test_grad_clipping_keeps_the_optimizer_state_and_clips():
+  """Clipping on or off gives the same optimizer-state tree (the non-finite-loss advice
+  to set grad_clip_norm resumes), and the moments see the clipped gradients."""
+  config = _config()
+  params = {"w": jnp.ones((3,))}
+  plain, _ = train.create_optimizer(config)
+  config.optimizer.grad_clip_norm = 0.5
+  clipped, _ = train.create_optimizer(config)
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(clipped.init(params))
+  grads = {"w": jnp.full((3,), 10.0)}
+  _, state = clipped.update(grads, clipped.init(params), params)
+  first_moment = jax.tree.leaves(state)[1]  # adam's mu after one step: (1 - b1) * grad
+  np.testing.assert_allclose(
+      float(jnp.linalg.norm(first_moment)), (1 - config.optimizer.b1) * 0.5, rtol=1e-5)

@@ -1,16 +1,17 @@
 """What the trainer evaluates periodically: EMA sample grids, FID and Inception Score when
 config.fid names their inputs, and the embedded job's own metrics (the digits judge)."""
 
+import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.embedded import digits_evaluation
 from pixnerd_jax.evaluation import images as images_lib
+from pixnerd_jax.runtime import mesh as mesh_lib
 
 GRID_COLUMNS = 8
 FINAL_GRID_NAME = "samples_final.png"
@@ -23,10 +24,15 @@ class TrainingEvaluator:
   config.sampling.prompts (';'-separated), else the embedded job's prompts. An embedded
   job's evaluation (`embedded.digits_evaluation`) gives the conditions of its metric
   samples and scores them.
+
+  Sampling runs on the whole `mesh` (the batch split like the training batch, so every
+  process of a multi-host run takes part) and every process gets all samples; only
+  process 0 writes files (the writer of the others only logs).
   """
 
-  def __init__(self, config, model, workdir: str, writer, text=(None, None)):
+  def __init__(self, config, model, workdir: str, writer, mesh, text=(None, None)):
     self._config = config
+    self._mesh = mesh
     self._model = model
     self._workdir = workdir
     self._writer = writer
@@ -37,30 +43,51 @@ class TrainingEvaluator:
     settings = samplers.settings_from_config(config.sampling)
     null = model.num_classes
 
-    def sample(params, noise, condition, null):
-      velocity = lambda x, t, y: model.apply({"params": params}, x, t, y)
-      return samplers.sample(velocity, noise, condition, null_class=null, **settings)
+    self._batch_sharding = mesh_lib.batch_sharding(mesh)
+    shape = self._shape
 
-    jitted = jax.jit(sample)
+    def sample(params, seed, start, condition, null):
+      key = jax.random.fold_in(jax.random.key(seed), start)
+      noise = jax.random.normal(key, (condition.shape[0],) + shape)
+      noise = jax.lax.with_sharding_constraint(noise, self._batch_sharding)
+      velocity = lambda x, t, y: model.apply({"params": params}, x, t, y)
+      # The key feeds the SDE steps (config.sampling.step_fn); ODE steps ignore it.
+      return samplers.sample(velocity, noise, condition, null_class=null,
+                             key=jax.random.fold_in(key, 1), **settings)
+
+    # Replicated out: each process holds every sample (an all-gather over the mesh).
+    jitted = jax.jit(sample, out_shardings=mesh_lib.replicated(mesh))
     if model.conditioning == "text":
       null = self._text_encoder.unconditional(self._text_params)
-    self._sample = lambda params, noise, condition: jitted(params, noise, condition, null)
+    self._sample = lambda params, seed, start, condition: jitted(
+        params, np.uint32(seed), np.uint32(start), condition, null)
 
-  def _conditions(self, conditions):
-    """Labels as they are; captions through the frozen encoder (B, T, E)."""
+  def _conditions(self, conditions) -> np.ndarray:
+    """Labels as they are (B,); captions through the frozen encoder (B, T, E)."""
     if self._model.conditioning != "text":
-      return jnp.asarray(conditions, jnp.int32)
-    return jnp.asarray(self._text_encoder.encode_texts(self._text_params, list(conditions)))
+      return np.asarray(conditions, np.int32)
+    with mesh_lib.activate(self._mesh):
+      return np.asarray(self._text_encoder.encode_texts(self._text_params, list(conditions)))
 
-  def generate(self, params, conditions, seed: int, chunk: int = 250) -> np.ndarray:
+  def _split_over_mesh(self, host: np.ndarray) -> jax.Array:
+    """The same host array on every process -> one global array, its batch split over
+    the mesh (padded with copies of the last row to a multiple of the batch shards)."""
+    shards = math.prod(self._mesh.shape[a] for a in mesh_lib.BATCH_AXES)
+    padding = -len(host) % shards
+    if padding:
+      host = np.concatenate([host, np.repeat(host[-1:], padding, axis=0)])
+    return jax.make_array_from_callback(host.shape, self._batch_sharding,
+                                        lambda index: host[index])
+
+  def generate(self, params, conditions, seed: int, chunk: int = 256) -> np.ndarray:
     """(N,) labels or N captions -> (N, H, W, C) float32 samples in model range, fixed
-    noise per seed."""
+    noise per seed. Every process must call it with the same arguments."""
     out = []
     for start in range(0, len(conditions), chunk):
       part = self._conditions(conditions[start:start + chunk])
-      noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), start),
-                                (len(part),) + self._shape)
-      out.append(np.asarray(self._sample(params, noise, part)))
+      with mesh_lib.activate(self._mesh):
+        samples = self._sample(params, seed, start, self._split_over_mesh(part))
+      out.append(np.asarray(samples)[:len(part)])
     return np.concatenate(out)
 
   def _grid_conditions(self):
