@@ -3,6 +3,7 @@
 import functools
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +105,24 @@ def _run_until_checkpoint_then_signal(cmd, workdir, sig):
   return proc.returncode, err.decode()
 
 
+def _assert_readable_console(text: str, first_step: int) -> str:
+  """The console of a tiny run with log_every=5, as a person sees it: a short start,
+  short lines, one progress line per interval (training-only speed and an ETA)."""
+  lines = text.splitlines()
+  assert all(len(line) <= 200 for line in lines), max(lines, key=len)
+  progress = [i for i, line in enumerate(lines) if line.startswith("step ") and " ETA " in line]
+  assert progress, text[-3000:]
+  assert progress[0] <= 25, "\n".join(lines[:progress[0]])
+  steps = [int(lines[i].split()[1].split("/")[0]) for i in progress]
+  # A line every 5 steps; the last may be where SIGTERM stopped the run.
+  assert steps[:-1] == list(range(first_step, first_step + 5 * len(steps) - 5, 5)), steps
+  for noise in ("Setting work unit notes", "Hyperparameters", "batch_size:", "| Name",
+                "oneDNN", "absl::InitializeLog"):
+    assert noise not in text, noise
+  assert re.search(r"loss \d\.\d{4}  [\d.]+ steps/s  \d+ img/s", lines[progress[0]])
+  return text
+
+
 def test_sigterm_saves_and_the_restart_resumes_bitwise_identical(tmp_path):
   # SIGKILLs, damaged checkpoints and failing saves: tests/test_faults.py.
   sig = signal.SIGTERM
@@ -123,6 +142,10 @@ def test_sigterm_saves_and_the_restart_resumes_bitwise_identical(tmp_path):
   resumed = subprocess.run(_main_cmd(interrupted, *overrides), cwd=ROOT,
                            capture_output=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+  _assert_readable_console(err, first_step=5)
+  console = _assert_readable_console(resumed.stdout.decode() + resumed.stderr.decode(),
+                                     first_step=stopped_at + 5 - stopped_at % 5)
+  assert f"Resumed from the checkpoint of step {stopped_at}." in console
   step_a, state_a = _params(reference)
   step_b, state_b = _params(interrupted)
   assert step_a == step_b == 120
