@@ -105,6 +105,10 @@ class Progress:
     self._seconds_per_sample = {}  # kind -> latest measured duration / samples
     self.train_steps_per_sec = None
 
+  def restart(self, step: int) -> None:
+    """Starts the interval afresh at `step` (after the first step: leaves its compile out)."""
+    self._interval_start, self._interval_step, self._excluded = self._clock(), step, 0.0
+
   def sampling(self, kind: str, num_samples: int):
     return _Timed(self, kind, num_samples)
 
