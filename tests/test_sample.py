@@ -180,6 +180,11 @@ def test_command_on_two_devices_with_other_batches_matches_and_a_fresh_process_r
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "ETA" in done.stderr
+  # A console a person reads: a few short lines, no config dump or library notices.
+  console = (done.stdout + done.stderr).splitlines()
+  assert len(console) <= 15 and all(len(line) <= 200 for line in console), console
+  for noise in ("oneDNN", "absl::InitializeLog", "Sampling with", "chunks of"):
+    assert noise not in done.stderr, noise
   path = done.stdout.strip().splitlines()[-1]
   read = subprocess.run(
       [sys.executable, "-c", "import sys, numpy as np; d = np.load(sys.argv[1]); "
