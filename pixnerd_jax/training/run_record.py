@@ -39,7 +39,8 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict, parameters:
 
 def start_line(config: ml_collections.ConfigDict, workdir: str, num_params: int, mesh,
                initial_step: int) -> str:
-  """Two lines: what trains where, and where its record is."""
+  """Three lines: what trains where, where its record is, how to see its curves (the
+  workdir once a line, so a long path keeps the lines short)."""
   devices = mesh.devices.size
   platform = mesh.devices.flat[0].platform
   mesh_text = "x".join(f"{k}={v}" for k, v in mesh.shape.items() if v > 1)
@@ -48,5 +49,6 @@ def start_line(config: ml_collections.ConfigDict, workdir: str, num_params: int,
           f"{devices} {platform} device{'s' * (devices > 1)}"
           f"{f' (mesh {mesh_text})' if mesh_text else ''}, batch {config.batch_size}, "
           f"{config.num_train_steps} steps {start}, a line every {config.log_every} steps.\n"
-          f"Config and parameter table in {workdir}/{{{CONFIG_FILE},{PARAMETERS_FILE}}} "
-          f"(--verbosity=1 prints them); curves: tensorboard --logdir {workdir}")
+          f"Config and parameter table: {workdir}/{{{CONFIG_FILE},{PARAMETERS_FILE}}} "
+          f"(--verbosity=1 prints them)\n"
+          f"Curves: tensorboard --logdir {workdir}")
