@@ -94,12 +94,19 @@ def _main_cmd(workdir, *overrides):
 def _run_until_checkpoint_then_signal(cmd, workdir, sig):
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-  deadline = time.time() + 120
+  # A poll that ends at the first checkpoint (seconds on an idle machine); the long limit
+  # is for a loaded one, where start-up and the compile alone can take minutes.
+  deadline = time.time() + 300
+  saved = False
   while time.time() < deadline and proc.poll() is None:
-    if ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+    saved = ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    if saved:
       break
     time.sleep(0.02)
   assert proc.poll() is None, "the run ended before it could be interrupted"
+  if not saved:
+    proc.kill()
+    pytest.fail(f"no checkpoint within 300 s: {proc.communicate()[1].decode()[-2000:]}")
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=120)
   return proc.returncode, err.decode()
