@@ -56,7 +56,7 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   if kind:
     logging.info("jax.distributed initialized (%s).", kind)
-  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+  logging.debug("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.dry_run or FLAGS.dry_run_compile:
     return dry_run.report_errors(dry_run.train, FLAGS.config, FLAGS.workdir,

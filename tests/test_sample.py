@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from configs import tiny
+from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.training import checkpoint
 from pixnerd_jax.sampling import class_conditional
 from pixnerd_jax.sampling.trained_params import load_checkpoint
@@ -67,8 +69,22 @@ def test_run_writes_balanced_uint8_samples_and_a_grid(reference_run):
   np.testing.assert_array_equal(labels, np.arange(NUM_SAMPLES) // 2)
   assert len({images[i].tobytes() for i in range(NUM_SAMPLES)}) == NUM_SAMPLES
   assert os.path.exists(os.path.join(out, "grid.png"))
-  assert sorted(f for f in os.listdir(out) if f.startswith("samples_0")) == [
-      "samples_00000.npz", "samples_00001.npz", "samples_00002.npz"]
+  # The chunks served resuming only: the final .npz is the one file of samples left.
+  assert sorted(f for f in os.listdir(out) if f.endswith(".npz")) == [os.path.basename(path)]
+
+
+def test_grid_has_a_labelled_row_for_every_class_up_to_the_row_limit(reference_run):
+  np.testing.assert_array_equal(class_conditional.grid_classes(10), np.arange(10))
+  spread = class_conditional.grid_classes(1000)
+  assert len(spread) == class_conditional.GRID_ROWS and spread[0] == 0 and spread[-1] == 999
+  grid = np.asarray(Image.open(os.path.join(reference_run[0], "grid.png")))
+  # 10 rows of 16 px tiles with 2 px padding; 2 columns (2 samples per class here).
+  assert grid.shape[0] == 2 + 10 * 18
+  margin = grid.shape[1] - (2 + 2 * 18)
+  assert margin > 0
+  labels = grid[:, :margin]
+  ink_rows = [(labels[2 + r * 18:(r + 1) * 18] < 128).any() for r in range(10)]
+  assert all(ink_rows)  # each row's class number is written beside it
 
 
 def test_results_do_not_depend_on_chunk_or_batch_size(config, params_checkpoint,
@@ -94,16 +110,29 @@ def test_scanned_trunk_samples_a_per_block_checkpoint_alike(config, params_check
 
 def test_resume_skips_complete_chunks(config, params_checkpoint, reference_run, tmp_path):
   out = str(tmp_path)
-  kw = dict(num_samples=NUM_SAMPLES, batch_size=4, chunk_size=8, grid=False)
-  class_conditional.run(config, params_checkpoint, out, **kw)
+  kw = dict(num_samples=NUM_SAMPLES, batch_size=4, chunk_size=8)
+  # The chunks of an interrupted run (run() removes them once the .npz is written).
+  model, params, source = load_checkpoint(params_checkpoint, config)
+  class_conditional.generate(
+      out, model, params, samplers.settings_from_config(config.sampling),
+      resolution=config.data.resolution, manifest_extra=dict(checkpoint=source), **kw)
   chunks = [os.path.join(out, f"samples_{c:05d}.npz") for c in range(3)]
   os.utime(chunks[0], (1, 1))          # mark the complete chunk
   os.remove(chunks[1])                 # missing
   with open(chunks[2], "r+b") as f:    # torn write
     f.truncate(100)
-  path = class_conditional.run(config, params_checkpoint, out, **kw)
-  assert os.path.getmtime(chunks[0]) == 1
-  assert os.path.getmtime(chunks[1]) > 1 and os.path.getsize(chunks[2]) > 100
+  rewritten = []
+  generate = class_conditional.generate
+
+  def spy(*args, **kwargs):
+    paths = generate(*args, **kwargs)
+    rewritten.extend(p for p in paths if os.path.getmtime(p) > 1)
+    return paths
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(class_conditional, "generate", spy)
+    path = class_conditional.run(config, params_checkpoint, out, grid=False, **kw)
+  assert rewritten == chunks[1:]  # the complete chunk was kept, the others sampled again
   with np.load(path) as data:
     np.testing.assert_array_equal(data["arr_0"], reference_run[2])
 
@@ -151,6 +180,11 @@ def test_command_on_two_devices_with_other_batches_matches_and_a_fresh_process_r
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "ETA" in done.stderr
+  # A console a person reads: a few short lines, no config dump or library notices.
+  console = (done.stdout + done.stderr).splitlines()
+  assert len(console) <= 15 and all(len(line) <= 200 for line in console), console
+  for noise in ("oneDNN", "absl::InitializeLog", "Sampling with", "chunks of"):
+    assert noise not in done.stderr, noise
   path = done.stdout.strip().splitlines()[-1]
   read = subprocess.run(
       [sys.executable, "-c", "import sys, numpy as np; d = np.load(sys.argv[1]); "
@@ -167,8 +201,10 @@ def test_grid_of_fewer_samples_than_classes(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   images = np.stack([np.full((4, 4, 3), 50 * i, np.uint8) for i in range(3)])
   np.savez(tmp_path / "chunk.npz", images=images)
-  png = class_conditional.write_grid([str(tmp_path / "chunk.npz")], [(0, 3)], 3, 10,
-                                     str(tmp_path / "grid.png"))
+  png, classes = class_conditional.write_grid([str(tmp_path / "chunk.npz")], [(0, 3)], 3, 10,
+                                              str(tmp_path / "grid.png"))
+  np.testing.assert_array_equal(classes, [0, 3, 6])  # sample i has class (10 i) // 3
   grid = np.asarray(Image.open(png))
-  assert grid.shape == (3 * (4 + 2) + 2, 4 + 2 + 2, 3), grid.shape  # 3 rows, 1 column
-  assert [grid[2 + r * 6, 2, 0] for r in range(3)] == [0, 50, 100]
+  assert grid.shape[0] == 3 * (4 + 2) + 2, grid.shape  # 3 rows of one 4 px tile each
+  tile_x = grid.shape[1] - 2 - 4  # one column, right of the labels' margin
+  assert [grid[2 + r * 6, tile_x, 0] for r in range(3)] == [0, 50, 100]

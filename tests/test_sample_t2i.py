@@ -342,6 +342,11 @@ def test_command_dispatches_on_the_model_shards_over_two_devices_and_matches(
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "ETA" in done.stderr and done.stdout.strip().endswith("cli")
+  # As the class-conditional command's console (tests/test_sample.py): few, short lines.
+  console = (done.stdout + done.stderr).splitlines()
+  assert len(console) <= 15 and all(len(line) <= 200 for line in console), console
+  for noise in ("oneDNN", "absl::InitializeLog", "Sampling with", "already done"):
+    assert noise not in done.stderr, noise
   # 2 devices x 2 per batch: as 1 device x 4 in-process.
   np.testing.assert_array_equal(_prompt_images(tmp_path / "cli", 3, 2), images)
   bad = subprocess.run(base + [f"--out={tmp_path / 'none'}"], cwd=ROOT, env=env,

@@ -3,6 +3,7 @@
 import functools
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -106,15 +107,40 @@ def _main_cmd(workdir, *overrides):
 def _run_until_checkpoint_then_signal(cmd, workdir, sig):
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-  deadline = time.time() + 120
+  # A poll that ends at the first checkpoint (seconds on an idle machine); the long limit
+  # is for a loaded one, where start-up and the compile alone can take minutes.
+  deadline = time.time() + 300
+  saved = False
   while time.time() < deadline and proc.poll() is None:
-    if ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+    saved = ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    if saved:
       break
     time.sleep(0.02)
   assert proc.poll() is None, "the run ended before it could be interrupted"
+  if not saved:
+    proc.kill()
+    pytest.fail(f"no checkpoint within 300 s: {proc.communicate()[1].decode()[-2000:]}")
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=120)
   return proc.returncode, err.decode()
+
+
+def _assert_readable_console(text: str, first_step: int) -> str:
+  """The console of a tiny run with log_every=5, as a person sees it: a short start,
+  short lines, one progress line per interval (training-only speed and an ETA)."""
+  lines = text.splitlines()
+  assert all(len(line) <= 200 for line in lines), max(lines, key=len)
+  progress = [i for i, line in enumerate(lines) if line.startswith("step ") and " ETA " in line]
+  assert progress, text[-3000:]
+  assert progress[0] <= 25, "\n".join(lines[:progress[0]])
+  steps = [int(lines[i].split()[1].split("/")[0]) for i in progress]
+  # A line every 5 steps; the last may be where SIGTERM stopped the run.
+  assert steps[:-1] == list(range(first_step, first_step + 5 * len(steps) - 5, 5)), steps
+  for noise in ("Setting work unit notes", "Hyperparameters", "batch_size:", "| Name",
+                "oneDNN", "absl::InitializeLog"):
+    assert noise not in text, noise
+  assert re.search(r"loss \d\.\d{4}  [\d.]+ steps/s  \d+ img/s", lines[progress[0]])
+  return text
 
 
 def test_sigterm_saves_and_the_restart_resumes_bitwise_identical(tmp_path):
@@ -136,6 +162,10 @@ def test_sigterm_saves_and_the_restart_resumes_bitwise_identical(tmp_path):
   resumed = subprocess.run(_main_cmd(interrupted, *overrides), cwd=ROOT,
                            capture_output=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+  _assert_readable_console(err, first_step=5)
+  console = _assert_readable_console(resumed.stdout.decode() + resumed.stderr.decode(),
+                                     first_step=stopped_at + 5 - stopped_at % 5)
+  assert f"Resumed from the checkpoint of step {stopped_at}." in console
   step_a, state_a = _params(reference)
   step_b, state_b = _params(interrupted)
   assert step_a == step_b == 120

@@ -18,7 +18,8 @@ from pixnerd_jax.models import text_encoder
 from pixnerd_jax.embedded import stand_in_text_encoder
 from pixnerd_jax.training import train
 from pixnerd_jax.training import validation
-from test_train import _assert_same_tree, _run_until_checkpoint_then_signal
+from test_train import (_assert_readable_console, _assert_same_tree,
+                        _run_until_checkpoint_then_signal)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -105,6 +106,9 @@ def test_killed_t2i_run_resumes_bitwise_identical(tmp_path):
   resumed = subprocess.run(_main_cmd(interrupted, *overrides), cwd=ROOT, capture_output=True,
                            timeout=300)
   assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+  # The t2i job's console reads like the class-conditional one (tests/test_train.py).
+  _assert_readable_console(resumed.stdout.decode() + resumed.stderr.decode(),
+                           first_step=stopped_at + 5 - stopped_at % 5)
   step_a, state_a = checkpoint.load_train_state(str(reference))
   step_b, state_b = checkpoint.load_train_state(str(interrupted))
   assert step_a == step_b == 60

@@ -9,7 +9,8 @@
 "could not determine TPU accelerator type" and INVALID_ARGUMENT lines at every start
 there) and keeps the aftermath of library failures off the console: exceptions raised in
 TensorStore callbacks after asyncio closed their event loop, never-retrieved task errors,
-never-awaited coroutines, tracebacks Orbax logs from its background threads. They stay available at debug level.
+never-awaited coroutines, tracebacks Orbax logs from its background threads, TensorFlow's
+start-up notices. They stay available at debug level.
 
 `entry_point` turns an exception into one line, `error: <what is wrong and what to do>`,
 on stderr with the exit code; library details (TensorStore specs, XLA dumps) are cut, and
@@ -185,6 +186,11 @@ def quiet_start(tpu: bool = True, training: bool = False) -> None:
   backends alone (a tool that loads libtpu on purpose). On the CPU backend it also
   keeps XLA's per-step scratch memory mapped (host_malloc.py) and, for the training
   entry point (training=True), sets the XLA flags of xla_cpu_flags.py."""
+  if not _debug_enabled():
+    # TensorFlow (imported by clu's TensorBoard writer) prints its CPU-feature and oneDNN
+    # notices, and absl's "All log messages before absl::InitializeLog()" with them, at
+    # C++ INFO level; warnings and errors stay visible.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   platforms = skip_tpu_backend() if tpu else None
   if tpu:
     import jax  # pylint: disable=g-import-not-at-top

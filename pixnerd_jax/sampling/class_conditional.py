@@ -169,7 +169,7 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
   paths = [os.path.join(out, CHUNK_PATTERN.format(c)) for c in range(len(ranges))]
   mine = [c for c in range(len(ranges)) if c % jax.process_count() == jax.process_index()]
   todo = [c for c in mine if not _chunk_is_complete(paths[c], *ranges[c])]
-  logging.info("%d chunks of %d samples; this process (%d/%d) owns %d, %d already done.",
+  logging.debug("%d chunks of %d samples; this process (%d/%d) owns %d, %d already done.",
                len(ranges), chunk_size, jax.process_index(), jax.process_count(),
                len(mine), len(mine) - len(todo))
   total = sum(ranges[c][1] - ranges[c][0] for c in todo)
@@ -189,8 +189,6 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
     done += end - start
     elapsed = time.perf_counter() - started
     rate = done / elapsed
-    logging.info("chunk %d (%d/%d here): %d/%d samples, %.2f img/s, ETA %s", c, n + 1,
-                 len(todo), done, total, rate, _format_seconds((total - done) / rate))
     print(f"[sample] chunk {c}: {done}/{total} samples, {rate:.2f} img/s, "
           f"ETA {_format_seconds((total - done) / rate)}", file=sys.stderr, flush=True)
   return paths
@@ -231,17 +229,30 @@ def assemble(out: str, chunk_paths: list[str], num_samples: int) -> str:
   return path
 
 
+GRID_ROWS = 10
+
+
+def grid_classes(num_classes: int, rows: int = GRID_ROWS) -> np.ndarray:
+  """The classes of the grid's rows: every class when there are at most `rows`, else
+  `rows` spread evenly over the range (0 and the last included)."""
+  if num_classes <= rows:
+    return np.arange(num_classes)
+  return np.unique(np.linspace(0, num_classes - 1, rows).round().astype(int))
+
+
 def write_grid(chunk_paths: list[str], ranges: list[tuple[int, int]], num_samples: int,
-               num_classes: int, out_png: str, rows: int = 8, cols: int = 8) -> str:
-  """A grid (one class per row, `rows` classes spread over those sampled) read from the
-  chunks; fewer samples than classes sample only some classes, one image each."""
+               num_classes: int, out_png: str, rows: int = GRID_ROWS,
+               cols: int = 8) -> tuple[str, np.ndarray]:
+  """A grid read from the chunks: a row per class of `grid_classes` among the classes
+  sampled (fewer samples than classes sample only some, one image each), its first `cols`
+  samples, the class number written left of the row. Returns (path, row classes)."""
   labels = class_labels(np.arange(num_samples), num_samples, num_classes)
   # Labels rise with the index: each class's samples are one run starting at `first`.
-  _, first, counts = np.unique(labels, return_index=True, return_counts=True)
-  rows_shown = np.unique(np.linspace(0, len(first) - 1, min(rows, len(first))).astype(int))
-  cols = max(1, min(cols, int(counts[rows_shown].min())))
-  wanted = [int(first[r]) + j for r in rows_shown for j in range(cols)]
-  classes = rows_shown
+  sampled, first, counts = np.unique(labels, return_index=True, return_counts=True)
+  picks = grid_classes(len(sampled), rows)
+  classes = sampled[picks]
+  cols = max(1, min(cols, int(counts[picks].min())))
+  wanted = [int(first[p]) + j for p in picks for j in range(cols)]
   tiles = {}
   for path, (start, end) in zip(chunk_paths, ranges):
     inside = [i for i in wanted if start <= i < end]
@@ -250,8 +261,15 @@ def write_grid(chunk_paths: list[str], ranges: list[tuple[int, int]], num_sample
         images = data["images"]
         tiles.update({i: images[i - start] for i in inside})
   grid = images_lib.make_grid(np.stack([tiles[i] for i in wanted]), len(classes))
-  images_lib.save_png(grid, out_png)
-  return out_png
+  images_lib.save_png(images_lib.label_rows(grid, [str(c) for c in classes]), out_png)
+  return out_png, classes
+
+
+def _remove_chunks(chunk_paths: list[str]) -> None:
+  """The chunks are in the final .npz now; they only served resuming."""
+  for path in chunk_paths:
+    if os.path.exists(path):
+      os.remove(path)
 
 
 def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size: int = 64,
@@ -260,8 +278,10 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
   """The whole command; returns the .npz path (process 0) or None (other processes)."""
   settings = samplers.settings_from_config(config.sampling, **sampling_overrides)
   model, params, source = load_checkpoint(checkpoint_path, config, online, step)
-  logging.info("Sampling %d images at %d px from %s with %s", num_samples,
-               config.data.resolution, source, settings)
+  logging.debug("Sampling with %s", settings)
+  if jax.process_index() == 0:
+    print(f"[sample] {num_samples} images at {config.data.resolution} px from {source}",
+          file=sys.stderr, flush=True)
   paths = generate(out, model, params, settings, resolution=config.data.resolution,
                    num_samples=num_samples, batch_size=batch_size, chunk_size=chunk_size,
                    seed=seed, manifest_extra=dict(checkpoint=source))
@@ -276,11 +296,15 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
     raise FileNotFoundError(f"{len(missing)} chunk files are missing or incomplete, e.g. "
                             f"{missing[0]}; is --out on a filesystem all hosts share?")
   path = assemble(out, paths, num_samples)
-  logging.info("Wrote %s", path)
   if grid:
-    png = write_grid(paths, chunk_ranges(num_samples, chunk_size), num_samples,
-                     model.num_classes, os.path.join(out, "grid.png"))
-    logging.info("Wrote %s", png)
+    png, classes = write_grid(paths, chunk_ranges(num_samples, chunk_size), num_samples,
+                              model.num_classes, os.path.join(out, "grid.png"))
+    shown = (f"classes {classes[0]}..{classes[-1]}" if len(classes) == model.num_classes
+             else f"{len(classes)} of the {model.num_classes} classes")
+    print(f"[sample] {png}: a row per class ({shown}, its number at the left), the first "
+          "samples of each", file=sys.stderr, flush=True)
+  _remove_chunks(paths)
+  print(f"[sample] wrote {path}", file=sys.stderr, flush=True)
   return path
 
 

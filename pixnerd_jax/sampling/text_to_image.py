@@ -235,7 +235,7 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
   mine = [i for i in range(len(layout.prompts))
           if i % jax.process_count() == jax.process_index()]
   todo = [i for i in mine if not layout.is_done(i)]
-  logging.info("%d prompts x %d images at %dx%d; this process (%d/%d) owns %d, %d already "
+  logging.debug("%d prompts x %d images at %dx%d; this process (%d/%d) owns %d, %d already "
                "done.", len(layout.prompts), n, height, width, jax.process_index(),
                jax.process_count(), len(mine), len(mine) - len(todo))
   work = [(i, k) for i in todo for k in range(n)]
@@ -265,7 +265,6 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
     made += len(part)
     rate = made / (time.perf_counter() - started)
     eta = _format_seconds((len(work) - made) / rate)
-    logging.info("%d/%d images, %.3f img/s, ETA %s", made, len(work), rate, eta)
     print(f"[sample] {made}/{len(work)} images, {rate:.3f} img/s, ETA {eta}",
           file=sys.stderr, flush=True)
   return made
@@ -432,8 +431,10 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
   check_manifest(layout.read_manifest(), manifest, out)
   if jax.process_index() == 0:
     layout.write_manifest(manifest)
-  logging.info("Sampling %d prompts x %d at %dx%d from %s with %s", len(prompts),
-               samples_per_prompt, height, width, source, settings)
+  logging.debug("Sampling with %s", settings)
+  if jax.process_index() == 0:
+    print(f"[sample] {len(prompts)} prompts x {samples_per_prompt} images at {height}x{width} "
+          f"from {source}", file=sys.stderr, flush=True)
   generate(layout, model, params, encoder, text_params, settings, height=height, width=width,
            batch_size=batch_size, seed=seed)
   if jax.process_count() > 1:

@@ -12,6 +12,7 @@ from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.embedded import digits_evaluation
 from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.training import progress
 
 GRID_COLUMNS = 8
 FINAL_GRID_NAME = "samples_final.png"
@@ -103,6 +104,17 @@ class TrainingEvaluator:
       return None, 0
     return [p for p in prompts for _ in range(GRID_COLUMNS)], len(prompts)
 
+  def grid_size(self) -> int:
+    """Samples in one grid (0: no grid)."""
+    conditions, _ = self._grid_conditions()
+    return 0 if conditions is None else len(conditions)
+
+  def has_metrics(self) -> bool:
+    """Whether `evaluate` computes anything (the embedded job's metrics or FID)."""
+    fid_config = self._config.fid
+    use_fid = bool(fid_config.inception and fid_config.reference)
+    return self._job is not None or (use_fid and self._model.conditioning != "text")
+
   def grid(self, params) -> np.ndarray | None:
     conditions, rows = self._grid_conditions()
     if conditions is None:
@@ -122,7 +134,7 @@ class TrainingEvaluator:
       return None
     if jax.process_index() == 0:
       images_lib.save_png(grid, path)
-      logging.info("Wrote the final sample grid to %s", path)
+      logging.debug("Wrote the final sample grid to %s", path)
     return path
 
   def evaluate(self, step: int, params, num_samples: int, final: bool = False) -> dict:
@@ -153,5 +165,6 @@ class TrainingEvaluator:
       name = self._job.name
     prefix = "final" if final else "eval"
     self._writer.write_scalars(step, {f"{prefix}/{name}_{k}": v for k, v in metrics.items()})
-    logging.info("Step %d %s: %s", step, prefix, metrics)
+    progress.say(progress.metrics_line(step, prefix, {f"{name}_{k}": v
+                                                      for k, v in metrics.items()}))
     return metrics

@@ -32,7 +32,9 @@ from pixnerd_jax.runtime import mesh as mesh_lib
 from pixnerd_jax.training import checkpoint
 from pixnerd_jax.training import flops as flops_lib
 from pixnerd_jax.training import profiling
+from pixnerd_jax.training import progress
 from pixnerd_jax.training import repa
+from pixnerd_jax.training import run_record
 from pixnerd_jax.training import validation
 from pixnerd_jax.training.evaluator import TrainingEvaluator
 
@@ -353,14 +355,15 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) in `workdir`; returns the final state."""
   # clu's writers import TensorFlow (~8 s); only the loop needs them, not train_step users.
-  from clu import metric_writers, parameter_overview, periodic_actions  # pylint: disable=g-import-not-at-top
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  run_start = time.perf_counter()
   validation.validate_config(config, workdir)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  logging.info("Config:\n%s", config)
+  writer = run_record.create_writer(workdir, is_chief)
+  logging.debug("Config:\n%s", config)
 
   mesh = mesh_lib.create_mesh(config.mesh)
-  logging.info("Mesh: %s", dict(mesh.shape))
+  logging.debug("Mesh: %s", dict(mesh.shape))
   dino_model, text_encoder, frozen_params = None, None, {}
   if config.repa.enabled:
     dino_model, frozen_params["dino"] = repa.load_dino(config)
@@ -369,8 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   frozen_params = jax.device_put(frozen_params, mesh_lib.replicated(mesh))
   program = build_train_program(config, mesh, dino_model, text_encoder)
   state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
-  parameter_overview.log_parameter_overview(state.params)
-  logging.info("Model: %s parameters", f"{count_params(state.params):,}")
+  overview = parameter_overview.get_parameter_overview(state.params)
+  logging.debug("Parameters:\n%s", overview)
 
   train_iter = data_lib.create_train_iterator(
       config.data, global_batch_size=config.batch_size, seed=config.seed,
@@ -378,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   manager = checkpoint.create_manager(workdir, config)
   restored_step, state, train_iter = checkpoint.restore_latest(manager, state, train_iter)
   if restored_step is not None:
-    logging.info("Resumed from the checkpoint of step %d.", restored_step)
+    progress.say(f"Resumed from the checkpoint of step {restored_step}.")
   elif config.init_from:
     _, params = checkpoint.load_params(config.init_from)
     params = checkpoint.match_params(models.params_for_model(params, program.model),
@@ -390,18 +393,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                            aux_params, projector_dir)
     state = jax.device_put(create_train_state(params, program.tx, aux_params),
                            program.state_sharding)
-    logging.info("Initialised params and EMA from %s.", config.init_from)
+    progress.say(f"Initialised params and EMA from {config.init_from}.")
   initial_step = int(state.step)
+  if is_chief:
+    run_record.write_run_files(workdir, config, overview)
   if initial_step == 0:
     writer.write_hparams(validation.flat_hparams(config))
 
   evaluator = TrainingEvaluator(config, program.model, workdir, writer, mesh,
                                 text=(text_encoder, frozen_params.get("text")))
 
-  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                           writer=writer, every_steps=config.log_every)
   profile = profiling.ProfileWindow(config.get("profile"), workdir)
   step_flops = None
+  progress.say(run_record.start_line(config, workdir, count_params(state.params),
+                                     mesh, initial_step))
+  timing = progress.Progress(evaluations_of(config, evaluator), config.batch_size,
+                             initial_step)
   history, pending_losses, skipped = [], [], 0
   data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
   step = initial_step
@@ -420,9 +427,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         # The compile is done: hand back what it left free (a no-op off the CPU backend).
         host_malloc.release_free_memory()
         step_flops = flops_lib.for_train_step(program, config, state, batch, frozen_params)
+        if step < config.num_train_steps and step % config.log_every:
+          jax.block_until_ready(metrics)
+          timing.restart(step)  # the console's speed leaves the compile out
       history.append(metrics)
       pending_losses.append((step, metrics["loss"]))
-      report(step)
 
       last = step == config.num_train_steps
       stopping = preemption.requested or manager.reached_preemption(step)
@@ -430,13 +439,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         _check_finite(pending_losses, manager)
         scalars = _mean_metrics(history)
         elapsed = time.perf_counter() - log_start
+        speed = timing.interval(step)
         scalars.update({
             "images_per_sec": config.batch_size * (step - log_step) / elapsed,
+            "training_images_per_sec": speed["train_images_per_sec"],
             "data_wait_fraction": data_wait / elapsed,
             "skipped_examples": float(sum_over_processes(skipped)),
             **step_flops.tflops_and_mfu((step - log_step) / elapsed),
         })
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        # As clu's ReportProgress wrote them (all wall time, evaluations included).
+        writer.write_scalars(step, {"steps_per_sec": speed["steps_per_sec"],
+                                    "uptime": time.perf_counter() - run_start})
+        progress.say(progress.progress_line(
+            step, config.num_train_steps, scalars, speed["train_steps_per_sec"],
+            speed["train_images_per_sec"], timing.eta(step)))
         history, data_wait, log_start, log_step = [], 0.0, time.perf_counter(), step
       if step % config.checkpoint_every == 0 or last or stopping:
         _check_finite(pending_losses, manager)
@@ -445,19 +462,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.warning("Stopped at step %d for preemption; restart to resume.", step)
         break
       if config.sample_every and (step % config.sample_every == 0 or last):
-        evaluator.write_sample_grid(step, state.ema_params)
+        jax.block_until_ready(state.ema_params)  # the steps queued count as training
+        with timing.sampling("grid", evaluator.grid_size()):
+          evaluator.write_sample_grid(step, state.ema_params)
       if config.eval_every and step % config.eval_every == 0 and not last:
-        evaluator.evaluate(step, state.ema_params, config.eval_num_samples)
+        jax.block_until_ready(state.ema_params)
+        with timing.sampling("eval", config.eval_num_samples):
+          evaluator.evaluate(step, state.ema_params, config.eval_num_samples)
 
   profile.stop()
   checkpoint.wait_until_saved(manager, step)
   if step == config.num_train_steps and not preemption.requested:
     if config.final_eval_num_samples:
       evaluator.evaluate(step, state.ema_params, config.final_eval_num_samples, final=True)
-    evaluator.save_final_grid(state.ema_params)
+    path = evaluator.save_final_grid(state.ema_params)
+    if path:
+      progress.say(f"Wrote the final sample grid to {path}")
   writer.flush()
   manager.close()
   return state
+
+
+def evaluations_of(config: ml_collections.ConfigDict, evaluator) -> progress.Evaluations:
+  return progress.Evaluations(
+      total_steps=config.num_train_steps, sample_every=config.sample_every,
+      eval_every=config.eval_every, grid_samples=evaluator.grid_size(),
+      eval_samples=config.eval_num_samples if evaluator.has_metrics() else 0,
+      final_eval_samples=config.final_eval_num_samples if evaluator.has_metrics() else 0)
 
 
 def _check_finite(pending: list, manager) -> None:
