@@ -49,7 +49,11 @@ def test_progress_line_is_short_and_takes_optional_fields():
   assert line == "step 500/3000  loss 0.1934  4.93 steps/s  316 img/s  ETA 9m05s"
   scalars.update(tflops_per_device=1.234, mfu=0.0312)
   line = progress.progress_line(500, 3000, scalars, 4.93, 315.5, "9m05s")
-  assert "1.23 TFLOP/s/device  MFU 3.1%  ETA" in line
+  assert "1.2 TFLOP/s/device  MFU 3.1%  ETA" in line
+  scalars.update(tflops_per_device=3.4e-5)  # a CPU: GFLOP/s rather than 0.0 TFLOP/s
+  del scalars["mfu"]
+  line = progress.progress_line(500, 3000, scalars, 4.93, 315.5, "9m05s")
+  assert "0.034 GFLOP/s/device  ETA" in line
   assert progress.metrics_line(1000, "eval", {"digits_accuracy": 0.275}) == (
       "step 1000 eval: digits_accuracy 0.275")
   assert [progress.format_duration(s) for s in (4, 545, 7380)] == ["4s", "9m05s", "2h03m"]

@@ -10,7 +10,6 @@ used instead. The log says which count a run uses.
 
 import dataclasses
 
-from absl import logging
 import jax
 
 from pixnerd_jax.models import layers
@@ -185,7 +184,6 @@ def count_step_flops(compiled, model_fields, *, global_batch: int, height: int,
     source = (f"analytic count: {reason} hides FLOPs from XLA's cost analysis" if reason
               else "analytic count: XLA gave no cost analysis")
   step = StepFlops(per_device=counted, source=source, peak=peak_flops(device_kind))
-  logging.info(step.describe())
   return step
 
 

@@ -17,9 +17,16 @@ import time
 import jax
 
 # (metric key in the interval's scalars, format of its value on the progress line).
+def _flop_rate(tflops: float) -> str:
+  # Accelerators run at tens to hundreds of TFLOP/s; a CPU at a few GFLOP/s or less.
+  if tflops >= 0.1:
+    return f"{tflops:.1f} TFLOP/s/device"
+  return f"{tflops * 1e3:.3g} GFLOP/s/device"
+
+
 OPTIONAL_FIELDS = (
-    ("tflops_per_device", "{:.2f} TFLOP/s/device"),
-    ("mfu", "MFU {:.1%}"),
+    ("tflops_per_device", _flop_rate),
+    ("mfu", "MFU {:.1%}".format),
 )
 MAX_LINE = 200
 
@@ -45,7 +52,7 @@ def progress_line(step: int, total_steps: int, scalars: dict, steps_per_sec: flo
   """The one line of a log interval; `scalars` holds the interval's mean metrics."""
   fields = [f"step {step}/{total_steps}", f"loss {scalars['loss']:.4f}",
             f"{steps_per_sec:.2f} steps/s", f"{images_per_sec:.0f} img/s"]
-  fields += [fmt.format(scalars[key]) for key, fmt in OPTIONAL_FIELDS if key in scalars]
+  fields += [fmt(scalars[key]) for key, fmt in OPTIONAL_FIELDS if key in scalars]
   fields.append(f"ETA {eta}")
   return "  ".join(fields)[:MAX_LINE]
 

@@ -427,6 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         # The compile is done: hand back what it left free (a no-op off the CPU backend).
         host_malloc.release_free_memory()
         step_flops = flops_lib.for_train_step(program, config, state, batch, frozen_params)
+        progress.say(step_flops.describe())
         if step < config.num_train_steps and step % config.log_every:
           jax.block_until_ready(metrics)
           timing.restart(step)  # the console's speed leaves the compile out
