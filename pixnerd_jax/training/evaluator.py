@@ -38,7 +38,7 @@ class TrainingEvaluator:
     null = model.num_classes
 
     def sample(params, noise, condition, null):
-      velocity = lambda x, t, y: model.apply({"params": params}, x, t, y)
+      velocity = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
       return samplers.sample(velocity, noise, condition, null_class=null, **settings)
 
     jitted = jax.jit(sample)
