@@ -16,6 +16,11 @@ def get_config():
   config.model.average_velocity = True
   mf = config.meanflow
   mf.enabled = True
+  # Uniform (t, h) and half the batch at h > 0: few training steps reach the long
+  # intervals (t near 0, h near 1) that 1-step sampling uses; MeanFlow's ImageNet recipe
+  # (logit-normal, 75% at h = 0) is the default in configs/default.py.
+  mf.time_distribution = "uniform"
+  mf.equal_fraction = 0.5
   # From scratch: MeanFlow's CFG-in-target (omega, kappa) on the whole time range.
   mf.omega = 2.0
   mf.kappa = 0.5

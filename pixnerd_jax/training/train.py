@@ -404,9 +404,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if restored_step is not None:
     logging.info("Resumed from the checkpoint of step %d.", restored_step)
   elif teacher_params is not None:
-    # The student starts as the teacher (its interval embedder's output at zero).
+    # The student starts as the teacher (its interval embedder's output at zero), in
+    # buffers of its own: the step donates the state, never the teacher.
     params = checkpoint.match_params(models.params_for_model(teacher_params, program.model),
                                      state.params, config.meanflow.teacher)
+    params = jax.tree.map(jnp.copy, params)
     state = jax.device_put(create_train_state(params, program.tx), program.state_sharding)
     logging.info("Initialised the student (params and EMA) from the teacher.")
   elif config.init_from:
