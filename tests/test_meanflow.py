@@ -145,7 +145,7 @@ def test_distillation_target_comes_from_the_guided_teacher():
   from configs import default  # pylint: disable=g-import-not-at-top
   from pixnerd_jax.training import meanflow_step  # pylint: disable=g-import-not-at-top
   teacher = PixNerDiT(**TINY)
-  teacher_params = models.init_params(teacher, jax.random.key(5))
+  teacher_params = perturbed(models.init_params(teacher, jax.random.key(5)))
   student = PixNerDiT(average_velocity=True, **TINY)
   params = models.params_for_model(teacher_params, student)
   config = default.get_config()

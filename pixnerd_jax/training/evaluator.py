@@ -35,16 +35,22 @@ class TrainingEvaluator:
     self._text_encoder, self._text_params = text
     self._shape = (config.data.resolution, config.data.resolution, model.in_channels)
     settings = samplers.settings_from_config(config.sampling)
+    # Metrics also at these step counts (e.g. a few-step sampler's 2 and 4), named
+    # <metric>_<n>_steps.
+    self._extra_num_steps = tuple(int(n) for n in config.sampling.get("extra_eval_num_steps",
+                                                                       ()))
     null = model.num_classes
 
-    def sample(params, noise, condition, null):
+    def sample(params, noise, condition, null, num_steps):
       velocity = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
-      return samplers.sample(velocity, noise, condition, null_class=null, **settings)
+      return samplers.sample(velocity, noise, condition, null_class=null,
+                             **dict(settings, num_steps=num_steps))
 
-    jitted = jax.jit(sample)
+    jitted = jax.jit(sample, static_argnums=4)
     if model.conditioning == "text":
       null = self._text_encoder.unconditional(self._text_params)
-    self._sample = lambda params, noise, condition: jitted(params, noise, condition, null)
+    self._sample = lambda params, noise, condition, num_steps=settings["num_steps"]: jitted(
+        params, noise, condition, null, num_steps)
 
   def _conditions(self, conditions):
     """Labels as they are; captions through the frozen encoder (B, T, E)."""
@@ -52,15 +58,17 @@ class TrainingEvaluator:
       return jnp.asarray(conditions, jnp.int32)
     return jnp.asarray(self._text_encoder.encode_texts(self._text_params, list(conditions)))
 
-  def generate(self, params, conditions, seed: int, chunk: int = 250) -> np.ndarray:
+  def generate(self, params, conditions, seed: int, chunk: int = 250,
+               num_steps: int | None = None) -> np.ndarray:
     """(N,) labels or N captions -> (N, H, W, C) float32 samples in model range, fixed
-    noise per seed."""
+    noise per seed; num_steps: None = config.sampling.num_steps."""
+    steps = {} if num_steps is None else dict(num_steps=num_steps)
     out = []
     for start in range(0, len(conditions), chunk):
       part = self._conditions(conditions[start:start + chunk])
       noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), start),
                                 (len(part),) + self._shape)
-      out.append(np.asarray(self._sample(params, noise, part)))
+      out.append(np.asarray(self._sample(params, noise, part, **steps)))
     return np.concatenate(out)
 
   def _grid_conditions(self):
@@ -113,6 +121,11 @@ class TrainingEvaluator:
     else:
       conditions = labels = np.arange(num_samples) % self._model.num_classes
     samples = self.generate(params, conditions, seed=self._config.seed + 2)
+    extra = {}
+    if self._job is not None:
+      for n in self._extra_num_steps:
+        more = self.generate(params, conditions, seed=self._config.seed + 2, num_steps=n)
+        extra.update({f"{k}_{n}_steps": v for k, v in self._job.metrics(more, labels).items()})
     if use_fid:
       from pixnerd_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
       if self._fid_inputs is None:
@@ -121,7 +134,7 @@ class TrainingEvaluator:
       metrics = fid.fid_from_samples(images_lib.to_uint8(samples), *self._fid_inputs)
       name = "fid"
     else:
-      metrics = self._job.metrics(samples, labels)
+      metrics = dict(self._job.metrics(samples, labels), **extra)
       name = self._job.name
     prefix = "final" if final else "eval"
     self._writer.write_scalars(step, {f"{prefix}/{name}_{k}": v for k, v in metrics.items()})

@@ -3,7 +3,9 @@
 import json
 import os
 
+import jax
 import ml_collections
+import numpy as np
 
 from pixnerd_jax.models import PixNerDiT, build_model, param_shapes, params_for_model
 from pixnerd_jax.training import checkpoint
@@ -57,4 +59,6 @@ def load_teacher(config: ml_collections.ConfigDict) -> tuple[PixNerDiT, dict, st
         "or convert an official one (python -m pixnerd_jax.convert checkpoint ...).")
   params = checkpoint.match_params(params_for_model(params, model), param_shapes(model),
                                    f"The teacher ({source})")
-  return model, params, source
+  # Host arrays: every process holds the whole tree, so device_put can place each
+  # process's shards of a global sharding.
+  return model, jax.tree.map(np.asarray, params), source
