@@ -51,7 +51,8 @@ def _torch_key(path: tuple[str, ...]) -> str:
 def official_checkpoint(path: pathlib.Path, architecture: dict = OFFICIAL_STAND_IN) -> bool:
   """A Lightning .ckpt as the released ones: ema_denoiser.* and denoiser.* state_dicts."""
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from pixnerd_jax import convert, models  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax import models  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.conversion import pixnerd_weights as convert  # pylint: disable=g-import-not-at-top
   torch = _torch()
   shapes = models.param_shapes(models.build_model(architecture))
   rng = np.random.default_rng(0)
