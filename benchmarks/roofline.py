@@ -7,9 +7,9 @@ Prints, for the settings of benchmarks/vs_reference.py:
   * the FLOPs of our train step and of one CFG Euler step (XLA's cost analysis of the
     compiled programs, forward + backward + AdamW + EMA for training), and the step
     times measured here, hence the achieved GFLOP/s;
-  * the same model's forward FLOPs split by part (counted from the shapes: trunk dense
-    layers, attention, the neural field's weight generator, the field MLP itself), so it
-    is clear which matmuls the time is spent in;
+  * the same model's forward FLOPs split by part (counted from the shapes by
+    pixnerd_jax/training/flops.py, the count the trainer's MFU uses where XLA's misses
+    FLOPs), so it is clear which matmuls the time is spent in;
   * the attainable matmul rate of this machine: square float32 GEMMs, and the model's own
     dominant GEMM shape, under XLA (and torch with --torch).
 The ratio achieved / attainable bounds what any reformulation of the same maths can gain:
@@ -34,13 +34,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from pixnerd_jax.runtime import mesh as sharding  # pylint: disable=g-import-not-at-top
-
-
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0]
-  return float(analysis.get("flops", 0.0))
+from pixnerd_jax.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
 
 def _gemm_rate(m: int, k: int, n: int, dtype, repeats: int) -> float:
@@ -67,33 +61,6 @@ def _torch_gemm_rate(m: int, k: int, n: int, repeats: int) -> float | None:
   return 2 * m * k * n / float(np.median(times)) / 1e9
 
 
-def forward_breakdown(fields: dict, batch: int, resolution: int) -> dict[str, float]:
-  """Forward FLOPs of one PixNerd-c2i pass by part, counted from the shapes.
-
-  Multiply-adds count 2. Trunk: per DiT block qkv + proj (4 D^2), SwiGLU MLP (the
-  reference's 2/3 rule: 3 * D * (8 D / 3)), adaLN modulation (6 D^2 per image, not per
-  token; the field blocks have none). Field: per decoder block the generator Dense (D -> 2 dx h) per patch and the
-  two per-patch matmuls over every pixel.
-  """
-  p, d, dx = fields["patch_size"], fields["hidden_size"], fields["hidden_size_x"]
-  hidden = dx * fields["nerf_mlpratio"]
-  tokens = (resolution // p) ** 2
-  patches = batch * tokens
-  cond_blocks = fields["num_cond_blocks"]
-  field_blocks = fields["num_blocks"] - cond_blocks
-  mlp_hidden = int(d * 4 * 2 / 3)
-  per_token = 2 * (4 * d * d + 3 * d * mlp_hidden)
-  return {
-      "trunk dense (qkv, proj, MLP)": cond_blocks * patches * per_token,
-      "trunk attention (scores, values)": cond_blocks * batch * 2 * 2 * tokens * tokens * d,
-      "adaLN modulation": cond_blocks * batch * 2 * 6 * d * d,
-      "field weight generator": field_blocks * patches * 2 * d * (2 * dx * hidden),
-      "field MLP (per-pixel)": field_blocks * patches * p * p * 2 * (2 * dx * hidden),
-      "patch embed + field in/out": patches * 2 * (3 * p * p * d + p * p * (64 + 3) * dx
-                                                   + p * p * dx * 3),
-  }
-
-
 def main(argv=None):
   parser = common.model_parser(__doc__, repeats=5)
   parser.add_argument("--torch", action="store_true", help="also time torch's matmul")
@@ -109,7 +76,7 @@ def main(argv=None):
     state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
     batch = jax.device_put({"image": images, "label": labels}, program.batch_sharding)
     train_compiled = program.step.lower(state, batch, None).compile()
-    train_flops = _flops(train_compiled)
+    train_flops = flops_lib.xla_flops(train_compiled) or 0.0
     holder = {"state": state}
 
     def train_step():
@@ -124,11 +91,11 @@ def main(argv=None):
     noise = jax.random.normal(jax.random.key(2), images.shape, jnp.float32)
     sample_args = (holder["state"].ema_params, noise, labels)
     sample_compiled = euler_cfg_step.lower(*sample_args).compile()
-    sample_flops = _flops(sample_compiled)
+    sample_flops = flops_lib.xla_flops(sample_compiled) or 0.0
     jax.block_until_ready(sample_compiled(*sample_args))
     sample_s = common.median_seconds(sample_compiled, *sample_args, repeats=args.repeats)
 
-  parts = forward_breakdown(fields, args.batch, args.resolution)
+  parts = flops_lib.forward_flops(fields, args.batch, args.resolution, args.resolution)
   total = sum(parts.values())
   print(f"\nforward FLOPs of one pass at batch {args.batch}, by part (counted from shapes):")
   for name, flops in parts.items():

@@ -22,7 +22,8 @@ def get_config():
 
   config.data = ml_collections.ConfigDict(dict(
       # Class-labelled: digits | tfds | folder. Captioned (text-to-image):
-      # digits_captions | caption_folder | caption_tar | tfds_captions.
+      # digits_captions | caption_folder | caption_tar | tfds_captions. Either:
+      # synthetic (random images made on the devices, for timing the step alone).
       name="digits",
       tfds_name="imagenet2012",
       # TFDS data_dir; unset (None): TFDS's default (~/tensorflow_datasets).
@@ -41,6 +42,7 @@ def get_config():
       num_workers=0,          # Grain worker processes per host; batches depend on it
       num_threads=8,          # decoding threads per worker (PIL releases the GIL)
       prefetch_buffer_size=2, # local batches read ahead
+      synthetic_num_classes=10,  # synthetic: labels drawn from 0..n-1
   ))
 
   config.batch_size = 64      # global, over all hosts and devices
@@ -94,10 +96,18 @@ def get_config():
       guidance_interval_max=1.0,
       timeshift=1.0,
       last_step=config_dict.placeholder(float),  # unset: 1 / num_steps
+      exact_heun=False,       # heun: no velocity reuse between steps
+      step_fn="ode",          # euler: ode | sde_mean | sde | sde_preserve (spec 5.1)
       # Text models: ';'-separated prompts for the sample grids (digits_captions: held-out
       # captions when empty).
       prompts="",
   ))
+
+  # An XProf trace of steps start_step .. start_step + num_steps - 1 into
+  # <workdir>/plugins/profile (TensorBoard's profile tab); 0 = none. all_hosts: every
+  # process traces, not only process 0 (into <workdir>/process_<i>/plugins/profile).
+  config.profile = ml_collections.ConfigDict(dict(start_step=0, num_steps=3,
+                                                  all_hosts=False))
 
   config.log_every = 50
   config.checkpoint_every = 500

@@ -21,6 +21,8 @@ from ml_collections import config_flags
 
 from pixnerd_jax.runtime import cli
 from pixnerd_jax.runtime import console
+from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.training import flops as flops_lib
 from pixnerd_jax.training import validation
 from pixnerd_jax.training.aot_compile import (CHIPS, GIB, AotError, Compiled, oom_gib,
                                               compile_train_step, does_not_fit_message,
@@ -74,16 +76,20 @@ def _report(topology, generation, devices, config, result: Compiled, hbm_gib: fl
           "on-chip memory, or the analysis left them out): the total may be a lower bound; "
           "the same per-chip batch and mesh on a v5p topology shows them.")
   flops = flops_per_chip(result.compiled)
-  if flops is None:
-    print("FLOPs per step  unavailable (no cost analysis)")
-  elif config.model.get("scan_blocks", False):
-    # XLA's cost analysis counts a while loop's body once, not once per trip.
-    print(f"FLOPs per step  not counted: with scan_blocks XLA counts the scanned block once "
-          f"({flops:.4g} per chip is a lower bound); rerun with "
-          "--config.model.scan_blocks=False for FLOPs and utilisation (same maths)")
-  else:
+  hidden = flops_lib.xla_undercounts(config.model)
+  if hidden:
+    # E.g. XLA's cost analysis counts a while loop's body once, not once per trip.
+    xla_says = "none" if flops is None else f"{flops:.4g}"
+    flops = flops_lib.train_step_flops(config.model, config.batch_size, res, res) / chips
+    print(f"FLOPs per step  {flops:.4g} per chip, {flops * chips:.4g} all chips (analytic "
+          f"count of the model, no recomputation or frozen encoders: {hidden} hides FLOPs "
+          f"from XLA's cost analysis, which says {xla_says} per chip)")
+  elif flops is not None:
     print(f"FLOPs per step  {flops:.4g} per chip, {flops * chips:.4g} all chips "
           "(XLA cost analysis; includes remat recomputation)")
+  if flops is None:
+    print("FLOPs per step  unavailable (no cost analysis)")
+  else:
     floor = flops / chip.peak_bf16_flops
     print(f"step time floor {floor:.3f} s at the {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s "
           "bf16 peak per chip")
@@ -117,7 +123,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   validation.validate_config(config, platform="tpu")
 
 
-@console.entry_point(known=(AotError, validation.ConfigError), code=2)
+@console.entry_point(known=(AotError, validation.ConfigError, mesh_lib.MeshError), code=2)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

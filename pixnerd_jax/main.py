@@ -9,9 +9,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from pixnerd_jax.data import DataError
 from pixnerd_jax.runtime import cli
 from pixnerd_jax.runtime import console
 from pixnerd_jax.runtime import distributed
+from pixnerd_jax.runtime.mesh import MeshError
 from pixnerd_jax.training import dry_run
 from pixnerd_jax.training import train
 from pixnerd_jax.training.checkpoint import CheckpointError
@@ -35,8 +37,12 @@ flags.DEFINE_bool("dry_run_compile", False,
                   "XLA's memory analysis per device (takes minutes for XL/16).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Errors whose messages say what to fix: printed as one line, no traceback.
+USER_ERRORS = (ConfigError, CheckpointError, DataError, MeshError, train.NonFiniteLossError,
+               OSError)
 
-@console.entry_point(known=(ConfigError, CheckpointError, train.NonFiniteLossError, OSError),
+
+@console.entry_point(known=USER_ERRORS,
                  oom_hint="lower --config.batch_size, set --config.model.remat_policy=blocks "
                  "or shard over more devices (--config.mesh.fsdp=-1)")
 def main(argv):

@@ -167,9 +167,12 @@ def _flatten(tree, prefix=""):
 
 
 def reference_statistics(path: pathlib.Path) -> bool:
-  """An ADM-style VIRTUAL_*.npz: mu and sigma of 2048 Inception features."""
+  """An ADM reference batch as published (VIRTUAL_*.npz): images arr_0 (here 4), mu/sigma
+  of the 2048 pool features and mu_s/sigma_s of the 2023 spatial ones."""
   rng = np.random.default_rng(1)
-  np.savez(path, mu=rng.normal(0, 0.1, 2048), sigma=np.eye(2048))
+  np.savez(path, arr_0=rng.integers(0, 256, (4, 64, 64, 3), np.uint8),
+           mu=rng.normal(0, 0.1, 2048), sigma=np.eye(2048),
+           mu_s=rng.normal(0, 0.1, 2023), sigma_s=np.eye(2023))
   return True
 
 

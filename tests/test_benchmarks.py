@@ -73,3 +73,12 @@ def test_profile_step_splits_the_step_time_by_part():
     # Every moment of the traced step is given to some part (or to no thunk at all).
     assert 90.0 <= sum(shares.values()) <= 100.5, out
     assert len(re.findall(r"^\s+[\d.]+ \S+\s+\S+\[", out, re.M)) == 3, out
+
+
+def test_train_step_benchmark_prints_images_per_second_tflops_and_mfu():
+  out = _run("train_step.py", *TINY, "--repeats", "2", "--warmup", "0")
+  assert re.search(r"images/s\s+\d+\.\d", out), out
+  tflops = re.search(r"TFLOP/s per device\s+([\d.e+-]+)", out)
+  assert tflops and float(tflops.group(1)) > 0, out
+  assert "n/a (no peak known for 'cpu')" in out, out
+  assert re.search(r"FLOPs per step\s+[\d.e+-]+ per device \(XLA cost analysis\)", out), out

@@ -82,7 +82,7 @@ def test_never_awaited_library_coroutines_are_not_printed():
   """The leftover of a failed Orbax restore that ended a fault test's stderr under load."""
   code = (
       "import gc\n"
-      "from pixnerd_jax import console\n"
+      "from pixnerd_jax.runtime import console\n"
       "console.quiet_start(tpu=False)\n"
       "async def read_shard():\n"
       "  pass\n"
@@ -133,3 +133,42 @@ def test_sample_with_a_damaged_params_checkpoint_says_so_in_one_line(tmp_path):
                          "it is damaged or incomplete; convert or copy it again."), last
   for noise in NOISE:
     assert noise not in result.stderr, result.stderr[-3000:]
+
+
+def test_main_prints_a_bad_mesh_an_empty_folder_and_unreadable_data_in_one_line(
+    tmp_path, capsys):
+  """The training entry point's user errors: one line, no traceback."""
+  from pixnerd_jax import data, main  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.data import folder  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.runtime import mesh  # pylint: disable=g-import-not-at-top
+  def bad_mesh():
+    mesh.mesh_shape({"data": 1, "fsdp": 3, "tensor": 1}, 2)
+  def empty_folder():
+    folder.scan_folder(str(tmp_path))
+  def unreadable():
+    raise data.DataError("5 consecutive examples failed to load")
+  for fails in (bad_mesh, empty_folder, unreadable):
+    assert console.entry_point(known=main.USER_ERRORS)(fails)() == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_skipping_libtpu_keeps_jax_fallback_from_a_gpu_plugin_to_cpu(monkeypatch):
+  """Off TPU hosts only the TPU backend is unregistered; jax_platforms stays unset, so a
+  GPU plugin that cannot start (no visible GPU) still falls back to CPU as in plain JAX
+  (naming every plugin in jax_platforms made that failure fatal)."""
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  factories = {name: types.SimpleNamespace(priority=p)
+               for name, p in (("tpu", 300), ("cuda", 200), ("cpu", 0))}
+  monkeypatch.setattr(xla_bridge, "_backend_factories", factories)
+  monkeypatch.setattr(xla_bridge, "_discover_and_register_pjrt_plugins", lambda: None)
+  monkeypatch.setattr(console, "host_has_tpu", lambda: False)
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  before = jax.config.jax_platforms  # conftest sets cpu; a user's start has it unset
+  jax.config.update("jax_platforms", None)
+  try:
+    assert console.skip_tpu_backend() == "cuda,cpu"
+    assert not jax.config.jax_platforms
+    assert set(factories) == {"cuda", "cpu"}
+  finally:
+    jax.config.update("jax_platforms", before)

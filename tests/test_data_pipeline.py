@@ -1,5 +1,6 @@
 """Tests of the Grain training pipeline on the digits and folder sources."""
 
+import os
 import itertools
 
 import jax
@@ -155,15 +156,40 @@ def test_bad_files_are_skipped_counted_and_batches_stay_full(tmp_path):
   assert total_skipped == expected >= 9  # 48 good reads span >4 epochs.
 
 
-def test_all_files_bad_raises_instead_of_looping(tmp_path):
-  for i in range(4):
+def test_all_files_bad_stop_after_a_bounded_run_quoting_the_first_causes(tmp_path):
+  """150 unreadable files: one DataError after MAX_CONSECUTIVE_SKIPS + 1 reads (not a
+  warning per file of the epoch), quoting the first files and their errors."""
+  from pixnerd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  for i in range(150):
     (tmp_path / 'a').mkdir(exist_ok=True)
-    (tmp_path / 'a' / f'{i}.png').write_bytes(b'junk')
+    (tmp_path / 'a' / f'{i:03d}.png').write_bytes(b'junk')
   it = data.create_train_iterator(
-      utils.make_config(name='folder', folder=str(tmp_path)),
+      utils.make_config(name='folder', folder=str(tmp_path), shuffle=False),
       global_batch_size=2, seed=0)
-  with pytest.raises(RuntimeError, match='consecutive'):
+  with pytest.raises(data.DataError) as e:
     next(it)
+  message = str(e.value)
+  assert message.startswith(f'{pipeline.MAX_CONSECUTIVE_SKIPS + 1} consecutive examples '
+                            'failed to load'), message
+  assert '000.png: UnidentifiedImageError' in message and '002.png' in message
+  assert '003.png' not in message and len(message) < 1200
+
+
+def test_only_unreadable_files_are_skipped_a_bug_propagates():
+  from pixnerd_jax.data import batching, loading  # pylint: disable=g-import-not-at-top
+
+  class Source:
+    def __init__(self, error):
+      self.error = error
+    def load(self, index):
+      raise self.error
+    def describe(self, index):
+      return f'file {index}'
+
+  skipped = loading.LoadExample(Source(OSError('truncated')), random_flip=False, seed=0)(0, 7)
+  assert isinstance(skipped, batching.Skipped) and 'file 7: OSError: truncated' in skipped.reason
+  with pytest.raises(KeyError):
+    loading.LoadExample(Source(KeyError('label')), random_flip=False, seed=0)(0, 7)
 
 
 def test_missing_root_raises_file_not_found(tmp_path):
@@ -178,7 +204,7 @@ def test_empty_class_folder_raises_naming_it(tmp_path):
   utils.make_distinct_folder(tmp_path, 4)
   (tmp_path / 'empty_class').mkdir()
   (tmp_path / 'empty_class' / 'readme.txt').write_text('no images here')
-  with pytest.raises(ValueError, match='empty_class'):
+  with pytest.raises(data.DataError, match='empty_class'):
     data.create_train_iterator(
         utils.make_config(name='folder', folder=str(tmp_path)),
         global_batch_size=2, seed=0)
@@ -186,7 +212,7 @@ def test_empty_class_folder_raises_naming_it(tmp_path):
 
 def test_root_without_class_folders_raises(tmp_path):
   utils.save_image(tmp_path / 'loose.png', Image.new('RGB', (8, 8)))
-  with pytest.raises(ValueError, match='no class sub-folders'):
+  with pytest.raises(data.DataError, match='no class sub-folders'):
     data.create_train_iterator(
         utils.make_config(name='folder', folder=str(tmp_path)),
         global_batch_size=2, seed=0)
@@ -226,3 +252,54 @@ def test_make_global_batch_shards_the_batch_axis():
     assert isinstance(value, jax.Array)
     assert value.sharding == sharding
     np.testing.assert_array_equal(np.asarray(value), local[key])
+
+
+def test_more_classes_than_the_model_is_refused_when_the_source_is_built(tmp_path):
+  """4 class folders for num_classes=2 would train into NaN; num_classes=3 would train
+  label 3 as the null class. Named at build time: label, class name, counts."""
+  for name in ('a', 'b', 'c', 'd'):
+    utils.save_image(tmp_path / name / '0.png', Image.new('RGB', (8, 8)))
+  config = utils.make_config(name='folder', folder=str(tmp_path))
+  for num_classes, label in ((2, 2), (3, 3)):
+    with pytest.raises(data.DataError, match=(
+        rf"has 4 classes \(labels 0..3\), config.model.num_classes={num_classes}: label "
+        rf"{label} \('{'abcd'[label]}'\) and above .* --config.model.num_classes=4")):
+      data.create_train_iterator(config, global_batch_size=2, seed=0,
+                                 num_classes=num_classes)
+  next(data.create_train_iterator(config, global_batch_size=2, seed=0, num_classes=4))
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+  """A Latin-1 'café.png' (byte 0xe9) in a folder, a caption folder and a tar shard
+  name: read like any other file instead of aborting the run."""
+  from pixnerd_jax.data import caption_folder, folder, tar_index  # pylint: disable=g-import-not-at-top
+  latin1 = os.fsdecode(b'caf\xe9')
+  (tmp_path / 'images' / 'a').mkdir(parents=True)
+  (tmp_path / 'images' / 'a' / f'{latin1}.png').write_bytes(utils.grey_png(77))
+  source = folder.FolderSource(str(tmp_path / 'images'), 8)
+  pixels, label = source.load(0)
+  assert label == 0 and pixels[0, 0, 0] == 77
+  (tmp_path / 'captioned').mkdir()
+  (tmp_path / 'captioned' / f'{latin1}.png').write_bytes(utils.grey_png(77))
+  (tmp_path / 'captioned' / f'{latin1}.txt').write_text('grey 77')
+  pixels, caption, _ = caption_folder.CaptionFolderSource(
+      str(tmp_path / 'captioned'), 8).load(0, np.random.default_rng(0))
+  assert caption == 'grey 77' and pixels[0, 0, 0] == 77
+  assert len(tar_index.index_paths(str(tmp_path / f'{latin1}.tar'))) == 2
+
+
+def test_hosts_that_see_different_data_all_stop(tmp_path, monkeypatch):
+  """A shard unreadable on one host changes that host's source length: every process
+  gets the same DataError (simulated: the other host saw one example fewer)."""
+  from pixnerd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  utils.make_distinct_folder(tmp_path, 4)
+  source = pipeline.make_source(utils.make_config(name='folder', folder=str(tmp_path)))
+  config = utils.make_config(name='folder', folder=str(tmp_path))
+  monkeypatch.setattr(pipeline, '_gather_from_processes',
+                      lambda seen: np.stack([seen, seen]))
+  pipeline.check_hosts_agree(source, config)
+  monkeypatch.setattr(pipeline, '_gather_from_processes',
+                      lambda seen: np.stack([seen, seen - [1, 0]]))
+  with pytest.raises(data.DataError, match=r"process 0: 4 examples, process 1: 3 "
+                     r"examples.*Make the same data readable on every host"):
+    pipeline.check_hosts_agree(source, config)

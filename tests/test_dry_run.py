@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -23,9 +24,10 @@ def _random_params(config, seed=0):
                       models.param_shapes(train.create_model(config)))
 
 
-def _workdir_with_checkpoint(config, path, step=3):
-  """A training workdir holding one checkpoint of `config` (random params, no training)."""
-  tx, _ = train.create_optimizer(config)
+def _workdir_with_checkpoint(config, path, step=3, tx=None):
+  """A training workdir holding one checkpoint of `config` (random params, no training);
+  its optimizer state from `tx` when given."""
+  tx = tx or train.create_optimizer(config)[0]
   state = train.create_train_state(_random_params(config), tx)
   iterator = data.create_train_iterator(config.data, global_batch_size=config.batch_size,
                                         seed=config.seed)
@@ -62,9 +64,20 @@ def test_finds_the_checkpoint_to_resume_and_checks_it_fits(tmp_path):
   config = tiny.get_config()
   _workdir_with_checkpoint(config, tmp_path)
   summary = dry_run.train(config, str(tmp_path))
-  assert summary["start"] == "resumes from the checkpoint of step 3 (params match config.model)"
+  assert summary["start"] == ("resumes from the checkpoint of step 3 (params and optimizer "
+                              "state match the config)")
   config.model.hidden_size, config.model.num_groups = 64, 4
   with pytest.raises(checkpoint.CheckpointError, match="does not fit config.model"):
+    dry_run.train(config, str(tmp_path))
+
+
+def test_checks_the_optimizer_state_of_the_checkpoint_it_would_resume(tmp_path):
+  """An optimizer state of another structure (here optax.chain's, as clipping used to
+  write) is refused by the dry run as the run's restore would refuse it."""
+  config = tiny.get_config()
+  other_tx = optax.chain(optax.clip_by_global_norm(1.0), train.create_optimizer(config)[0])
+  _workdir_with_checkpoint(config, tmp_path, tx=other_tx)
+  with pytest.raises(checkpoint.CheckpointError, match="written with another config"):
     dry_run.train(config, str(tmp_path))
 
 
@@ -84,13 +97,13 @@ def test_finds_what_the_run_would_trip_over(tmp_path, capsys):
   config.data.resolution = 18  # not a multiple of the patch size
   assert dry_run.report_errors(dry_run.train, config, str(tmp_path)) == 1
   assert "error: config.data.resolution = 18" in capsys.readouterr().err
-  # A folder with 2 classes for a 1-class model: the run would not notice.
+  # A folder with 2 classes for a 1-class model: refused where the source is built.
   data_test_utils.make_distinct_folder(tmp_path / "folder", num_images=16)
   config = tiny.get_config()
   config.data.name, config.data.folder = "folder", str(tmp_path / "folder")
   config.model.num_classes = 1
-  with pytest.raises(dry_run.DryRunError, match="config.model.num_classes = 1: the first "
-                     "batch has label 1"):
+  with pytest.raises(data.DataError, match=r"has 2 classes \(labels 0..1\), "
+                     r"config.model.num_classes=1: label 1 \('odd'\)"):
     dry_run.train(config, str(tmp_path / "run"))
   config.data.folder = str(tmp_path / "missing")
   assert dry_run.report_errors(dry_run.train, config, str(tmp_path / "run")) == 1
@@ -121,3 +134,23 @@ def test_validation_still_runs_first():
   config.optimizer.learning_rate = -1.0
   with pytest.raises(validation.ConfigError, match="config.optimizer.learning_rate"):
     dry_run.train(config, "/tmp/unused_dry_run_workdir")
+
+
+def test_sampling_reads_only_the_params_it_samples_with(tmp_path, monkeypatch):
+  """A workdir's EMA (or online) params are read alone: not the optimizer's moments."""
+  from pixnerd_jax.sampling import trained_params  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  _workdir_with_checkpoint(config, tmp_path)
+  step, full = checkpoint.load_train_state(str(tmp_path))
+  step_ema, ema_only = checkpoint.load_train_state(str(tmp_path), only=("ema_params",))
+  assert step == step_ema == 3 and set(ema_only) == {"ema_params"}
+  for a, b in zip(jax.tree.leaves(full["ema_params"]), jax.tree.leaves(ema_only["ema_params"]),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  read = []
+  real = checkpoint.load_train_state
+  monkeypatch.setattr(checkpoint, "load_train_state",
+                      lambda *a, **k: read.append(k.get("only")) or real(*a, **k))
+  trained_params.load_checkpoint(str(tmp_path), config)
+  trained_params.load_checkpoint(str(tmp_path), config, online=True)
+  assert read == [("ema_params",), ("params",)]

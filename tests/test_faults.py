@@ -247,3 +247,34 @@ def test_checkpoint_of_another_config_is_named_not_moved(tmp_path, reference, en
 def test_restore_latest_without_checkpoints_starts_fresh(tmp_path):
   step, state, _ = _restore_latest(tmp_path, tiny.get_config())
   assert step is None and isinstance(jax.tree.leaves(state)[0], jax.ShapeDtypeStruct)
+
+
+def _with_other_process(monkeypatch, other_outcome):
+  """Runs restore_latest as process 0 of 2 whose partner finds `other_outcome` at every
+  agreement; returns the list of outcomes this process contributed."""
+  contributed = []
+
+  def gather(outcome):
+    contributed.append(outcome)
+    return {outcome, other_outcome}
+
+  monkeypatch.setattr(checkpoint, "_outcomes_of_all_processes", gather)
+  return contributed
+
+
+def test_restore_decision_is_agreed_before_anyone_raises(tmp_path, reference, monkeypatch):
+  """A process that finds another config still joins the agreement (the partner would
+  wait in it forever), and a partner's finding stops this process too."""
+  shutil.copytree(reference[0] / "checkpoints", tmp_path / "checkpoints")
+  other = tiny.get_config()
+  other.model.hidden_size, other.model.num_groups = 64, 4
+  contributed = _with_other_process(monkeypatch, checkpoint._RESTORED)
+  with pytest.raises(checkpoint.CheckpointError, match="written with another config"):
+    _restore_latest(tmp_path, other)
+  assert contributed == [checkpoint._OTHER_CONFIG]
+
+  # This process restores, the other finds another config: both stop, none resumes.
+  contributed = _with_other_process(monkeypatch, checkpoint._OTHER_CONFIG)
+  with pytest.raises(checkpoint.CheckpointError, match="another process"):
+    _restore_latest(tmp_path, tiny.get_config())
+  assert contributed == [checkpoint._RESTORED]

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import pathlib
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -157,14 +158,18 @@ class TorchFIDInception(nn.Module):
     self.fc = nn.Linear(2048, 1008)
 
   def forward(self, images01):
-    """pytorch-fid's path: (B, 3, H, W) in [0, 1] -> pool (B, 2048), logits (B, 1008)."""
+    """pytorch-fid's path: (B, 3, H, W) in [0, 1] -> pool (B, 2048), logits (B, 1008),
+    and sFID's features (B, 17*17*7): Mixed_6d's 1x1 branch (after BN, ReLU), channels
+    0-6, flattened height, width, channel."""
     x = 2 * F.interpolate(images01, size=(299, 299), mode="bilinear", align_corners=False) - 1
     x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, 2)
     x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, 2)
     for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+      if name == "6d":
+        spatial = self.Mixed_6d.branch1x1(x)[:, :7].permute(0, 2, 3, 1).flatten(1)
       x = getattr(self, f"Mixed_{name}")(x)
     pool = x.mean((2, 3))
-    return pool, self.fc(pool)
+    return pool, self.fc(pool), spatial
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +235,19 @@ def test_resize_matches_torch_bilinear():
 
 def test_converted_weights_reproduce_the_torch_network(torch_net, variables):
   images = _images(2, 4)
-  pool, logits = fid.inception_outputs(variables, images, batch_size=4)
+  out = fid.inception_features(variables, images, batch_size=4)
+  pool, logits, spatial = out["pool"], out["logits"], out["spatial"]
   with torch.no_grad():
-    ref_pool, ref_logits = torch_net(torch.from_numpy(images).permute(0, 3, 1, 2) / 255.0)
-  assert pool.shape == (4, 2048) and logits.shape == (4, 1008)
+    ref_pool, ref_logits, ref_spatial = torch_net(
+        torch.from_numpy(images).permute(0, 3, 1, 2) / 255.0)
+  assert pool.shape == (4, 2048) and logits.shape == (4, 1008) and spatial.shape == (4, 2023)
+  np.testing.assert_allclose(spatial, ref_spatial.numpy(), rtol=1e-4,
+                             atol=1e-4 * np.abs(spatial).max())
+  assert (spatial == 0).any() and (spatial > 0).any()  # after the ReLU, not before
+  # The suite's IS input drops the classifier bias.
+  np.testing.assert_allclose(out["adm_logits"],
+                             ref_logits.numpy() - torch_net.fc.bias.detach().numpy(),
+                             rtol=1e-4, atol=1e-4 * np.abs(logits).max())
   np.testing.assert_allclose(pool, ref_pool.numpy(), rtol=1e-4, atol=1e-4 * np.abs(pool).max())
   np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=1e-4,
                              atol=1e-4 * np.abs(logits).max())
@@ -284,35 +298,118 @@ def test_inception_score_on_known_distributions():
   assert mean == pytest.approx(8.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
 
 
-def test_fid_command_and_fid_from_samples(variables, tmp_path):
+def test_five_metrics_end_to_end_from_images(variables, tmp_path):
+  """The command and the trainer's function: images in, FID, sFID, IS, precision, recall."""
   samples, other = _images(4, 4), _images(5, 4) // 2  # darker: a different distribution
   weights = str(tmp_path / "inception.npz")
   inception.save_variables(weights, variables)
   np.savez(tmp_path / "samples.npz", arr_0=samples)
   np.savez(tmp_path / "other.npz", arr_0=other)
 
-  def command(*args):
+  def command(samples_name, reference, *args):
     out = io.StringIO()
+    json_path = tmp_path / f"{samples_name}.json"
     with redirect_stdout(out):
-      assert fid.main(list(args) + [f"--inception={weights}", "--batch_size=4"]) == 0
-    return json.loads(out.getvalue())
+      assert fid.main([f"--samples={tmp_path / samples_name}", f"--reference={reference}",
+                       f"--inception={weights}", "--batch_size=4", f"--json={json_path}",
+                       *args]) == 0
+    line = out.getvalue().strip()
+    assert line.startswith("FID ") and " sFID " in line and " IS " in line, line
+    return json.loads(json_path.read_text()), line
 
   stats = str(tmp_path / "stats.npz")
-  same = command(f"--samples={tmp_path / 'samples.npz'}", f"--reference={tmp_path / 'samples.npz'}",
-                 f"--save_stats={stats}")
-  differ = command(f"--samples={tmp_path / 'other.npz'}", f"--reference={tmp_path / 'samples.npz'}")
-  from_stats = command(f"--samples={tmp_path / 'other.npz'}", f"--reference={stats}")
-  assert same["num_samples"] == 4 and same["inception_score"] >= 1.0
-  assert abs(same["fid"]) < 1e-3 * differ["fid"]
+  same, _ = command("samples.npz", tmp_path / "samples.npz", f"--save_stats={stats}")
+  differ, line = command("other.npz", tmp_path / "samples.npz")
+  assert set(differ) == {"fid", "sfid", "inception_score", "precision", "recall",
+                         "num_samples"}
+  assert "Precision 0." in line and "Recall " in line and "(4 samples)" in line
+  # Samples against themselves: zero distances, every point inside the other set's balls.
+  assert abs(same["fid"]) < 1e-3 * differ["fid"] and abs(same["sfid"]) < 1e-3 * differ["sfid"]
+  assert same["precision"] == same["recall"] == 1.0
+  assert same["inception_score"] >= 1.0 and same["num_samples"] == 4
+  # Statistics alone (no reference images): FID and sFID as before, no precision/recall.
+  from_stats, line = command("other.npz", stats)
   assert from_stats["fid"] == pytest.approx(differ["fid"], rel=1e-6)
-  # The function the trainer calls: arrays in, the same numbers out.
-  with np.load(stats) as data:
-    result = fid.fid_from_samples(other, variables, (data["mu"], data["sigma"]), batch_size=4)
-  assert result["fid"] == pytest.approx(differ["fid"], rel=1e-6)
-  # A folder of PNGs is a valid reference too.
+  assert from_stats["sfid"] == pytest.approx(differ["sfid"], rel=1e-6)
+  assert "precision" not in from_stats and "Precision n/a" in line
+  # The function the trainer calls, with a folder of PNGs as the reference.
   folder = tmp_path / "pngs"
   os.makedirs(folder)
   for i, image in enumerate(samples):
     Image.fromarray(image).save(folder / f"{i:03d}.png")
-  from_folder = command(f"--samples={tmp_path / 'other.npz'}", f"--reference={folder}")
-  assert from_folder["fid"] == pytest.approx(differ["fid"], rel=1e-6)
+  reference = fid.load_reference(str(folder), variables, batch_size=4)
+  result = fid.fid_from_samples(other, variables, reference, batch_size=4)
+  for key in ("fid", "sfid", "inception_score", "precision", "recall"):
+    assert result[key] == pytest.approx(differ[key], rel=1e-5), key
+  # (mu, sigma) alone: FID and IS, as the trainer's configs with statistics only.
+  features = fid.inception_features(variables, other, batch_size=4)
+  only = fid.metrics_from_features(features["pool"], features["spatial"],
+                                   features["adm_logits"],
+                                   fid.load_reference((reference.mu, reference.sigma)))
+  assert set(only) == {"fid", "inception_score", "num_samples"}
+  assert only["fid"] == pytest.approx(differ["fid"], rel=1e-5)
+  assert fid._default_json(str(tmp_path / "a.npz")) == str(tmp_path / "a.metrics.json")
+  assert fid._default_json(str(folder) + "/") == str(folder) + ".metrics.json"
+
+
+def test_fid_command_errors_name_the_flag(tmp_path, capsys):
+  assert fid.main([f"--samples={tmp_path / 'x.npz'}"]) == 1
+  assert "--reference, --inception missing" in capsys.readouterr().err
+  (tmp_path / "bad.npz").write_bytes(b"not a zip")
+  assert fid.main([f"--verify_metrics={tmp_path / 'bad.npz'}"]) == 1
+  err = capsys.readouterr().err
+  assert "--verify_metrics=" in err and "adm_metrics_tiny.npz" in err and "\n" not in err.strip()
+
+
+def test_adm_inception_score_uses_splits_of_fixed_size():
+  def one_hot(classes):
+    logits = np.full((len(classes), 10), -40.0)
+    logits[np.arange(len(classes)), classes] = 40.0
+    return logits
+  # First split of 8: 4 classes evenly (IS 4); second of 8: 2 classes (IS 2); mean 3.
+  logits = one_hot(np.r_[np.arange(8) % 4, np.arange(8) % 2])
+  assert fid.adm_inception_score(logits, split_size=8) == pytest.approx(3.0, rel=1e-9)
+  # One split of all 16: 4 classes, unevenly (6, 6, 2, 2 of 16): exp(entropy) < 4.
+  p = np.array([6, 6, 2, 2]) / 16
+  assert fid.adm_inception_score(logits, split_size=5000) == pytest.approx(
+      np.exp(-np.sum(p * np.log(p))), rel=1e-9)
+  assert fid.adm_inception_score(np.zeros((7, 10))) == pytest.approx(1.0)
+
+
+FIXTURE = (pathlib.Path(__file__).resolve().parents[2]
+           / "shared/reference/fixtures/adm_metrics_tiny.npz")
+
+
+def test_verify_metrics_against_the_suite_fixture(capsys):
+  if not FIXTURE.exists():
+    pytest.skip(f"{FIXTURE} is absent (CI provides ../shared)")
+  assert fid.main([f"--verify_metrics={FIXTURE}"]) == 0
+  out = capsys.readouterr().out
+  assert out.strip().splitlines()[-1].startswith("OK") and "EXCEEDED" not in out
+  for name in ("fid", "sfid", "inception_score", "precision", "recall"):
+    assert f"\n{name} " in out
+
+
+def test_verify_metrics_fails_beyond_tolerance(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  ref, samples = rng.random((12, 6)), rng.random((10, 6)) + 0.1
+  data = {"ref_pool": ref, "sample_pool": samples, "ref_spatial": ref[:, :4],
+          "sample_spatial": samples[:, :4], "sample_logits": rng.normal(size=(10, 5))}
+  rows, ok = fid.verify_metrics(_write(tmp_path / "a.npz", data, fid=0, sfid=0,
+                                       inception_score=1, precision=0, recall=0))
+  assert not ok
+  truth = {r["metric"]: r["ours"] for r in rows}
+  rows, ok = fid.verify_metrics(_write(tmp_path / "b.npz", data, **truth))
+  assert ok and all(r["ok"] for r in rows)
+  # One sample more than the tolerance of 1/N on precision fails; within it passes.
+  for shift, expected in ((1.5 / 10, 1), (0.9 / 10, 0)):
+    path = _write(tmp_path / "c.npz", data, **dict(truth, precision=truth["precision"] - shift))
+    assert fid.main([f"--verify_metrics={path}"]) == expected
+    assert ("EXCEEDED" in capsys.readouterr().out) == bool(expected)
+  with pytest.raises(ValueError, match="lacks sfid"):
+    fid.verify_metrics(_write(tmp_path / "d.npz", data, fid=0))
+
+
+def _write(path, data, **metrics):
+  np.savez(path, **data, **metrics)
+  return str(path)

@@ -141,7 +141,6 @@ def test_teacher_velocity_uses_cfg_inside_its_strict_interval():
 def test_distillation_target_comes_from_the_guided_teacher():
   """The loss pass's target at h = 0 is the teacher's CFG velocity (a student fresh from
   the teacher, label dropout off)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from pixnerd_jax.training import meanflow_step  # pylint: disable=g-import-not-at-top
   teacher = PixNerDiT(**TINY)

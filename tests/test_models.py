@@ -188,7 +188,7 @@ def test_scanned_trunk_and_remat_match_the_block_loop(remat_policy):
   loss, grads = _loss_and_grads(scanned, stacked, x, t, y)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
   for (path, g), ref in zip(jax.tree_util.tree_flatten_with_path(unstack_dit_blocks(grads))[0],
-                            jax.tree.leaves(ref_grads)):
+                            jax.tree.leaves(ref_grads), strict=True):
     np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6, err_msg=str(path))
 
 
@@ -236,5 +236,5 @@ def test_field_embedder_equals_one_linear_over_pixels_and_encoding():
   np.testing.assert_allclose(ours(got, pixels), linear(got, pixels), atol=1e-5)
   g_ours = jax.grad(lambda p, x: jnp.sum(jnp.sin(ours(p, x))), argnums=(0, 1))(got, pixels)
   g_lin = jax.grad(lambda p, x: jnp.sum(jnp.sin(linear(p, x))), argnums=(0, 1))(got, pixels)
-  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_lin)):
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_lin), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -6,6 +6,8 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -31,17 +33,33 @@ def _run_single(workdir, steps, devices):
   assert result.returncode == 0, result.stderr.decode()[-3000:]
 
 
-def _run_two_processes(workdir, steps):
+def _run_two_processes(workdir, steps, *extra, devices=4):
+  """Both processes' stderr (joined); fails with the first failing process's tail."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+  logs = [tempfile.TemporaryFile() for _ in range(2)]  # a pipe could fill while we poll
   procs = [subprocess.Popen(
       _cmd(workdir, steps, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           f"--process_id={i}"), cwd=ROOT, env=_env(4), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE) for i in range(2)]
+           f"--process_id={i}", *extra), cwd=ROOT, env=_env(devices),
+      stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(2)]
+  deadline = time.monotonic() + 600
+  while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    if any(p.poll() not in (None, 0) for p in procs):
+      break  # one failed: the other would wait for it forever
+    time.sleep(0.2)
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+  errors = []
+  for proc, log in zip(procs, logs, strict=True):
+    proc.wait()
+    log.seek(0)
+    errors.append(log.read().decode())
+    log.close()
   for i, proc in enumerate(procs):
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, f"process {i}: {err.decode()[-3000:]}"
+    assert proc.returncode == 0, f"process {i}: {errors[i][-3000:]}"
+  return "\n".join(errors)
 
 
 def _params(workdir):
@@ -50,21 +68,53 @@ def _params(workdir):
 
 
 def _assert_close(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
-def test_two_processes_match_one_and_resume(tmp_path):
+def _event_tags(workdir):
+  """{tag: [steps]} of the scalars and images process 0 wrote."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  tags = {}
+  for path in pathlib.Path(workdir).glob("events.out.tfevents.*"):
+    acc = event_accumulator.EventAccumulator(str(path), size_guidance={"images": 0,
+                                                                        "tensors": 0})
+    acc.Reload()
+    for kind in ("tensors", "images"):
+      for tag in acc.Tags()[kind]:
+        events = acc.Tensors(tag) if kind == "tensors" else acc.Images(tag)
+        tags.setdefault(tag, []).extend(e.step for e in events)
+  return tags
+
+
+def test_two_processes_full_loop_match_one_process_and_resume(tmp_path):
+  """2 processes x 4 devices train as 1 x 8, with the whole loop on: periodic grids,
+  periodic and final digits-judge evaluation (samples sharded over both processes'
+  devices), a profile window on both hosts, checkpoints and the final grid, then a resume
+  in both processes. 16 samples everywhere (2 grid rows of 8): one sampling program serves
+  grid and metrics."""
   reference = tmp_path / "one_process"
   _run_single(reference, 6, devices=8)
 
   multi = tmp_path / "two_processes"
-  _run_two_processes(multi, 3)
+  loop = ("--config.sample_every=2", "--config.eval_every=2", "--config.eval_num_samples=16",
+          "--config.final_eval_num_samples=16", "--config.grid_classes=2")
+  _run_two_processes(multi, 3, *loop, "--config.profile.start_step=2",
+                     "--config.profile.num_steps=1", "--config.profile.all_hosts=True")
   assert _params(multi)[0] == 3
-  _run_two_processes(multi, 6)  # resumes from step 3 in both processes
+  # Both processes traced step 2, each into its own folder.
+  for i in range(2):
+    traces = list((multi / f"process_{i}" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1, (i, traces)
+  _run_two_processes(multi, 6, *loop)  # resumes from step 3 in both processes
   step, params = _params(multi)
   assert step == 6
   _assert_close(params, _params(reference)[1])
+  assert (multi / "samples_final.png").is_file()
+  tags = _event_tags(multi)
+  assert sorted(tags["samples/ema"]) == [2, 3, 4, 6], tags
+  assert sorted(tags["eval/digits_accuracy"]) == [2, 4], tags
+  assert sorted(tags["final/digits_accuracy"]) == [3, 6], tags
 
   # Saved on 8 devices, resumed on 4 (a different mesh).
   remesh = tmp_path / "remesh"

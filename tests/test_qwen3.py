@@ -322,7 +322,7 @@ def test_word_level_tokenizer_matches_transformers(tmp_path):
   again, params2 = text_encoder.TextEncoder.from_pretrained(folder, "float32", max_length=10)
   assert again.pad_id == 0
   np.testing.assert_array_equal(again.tokenize(TEXTS)["input_ids"], batch["input_ids"])
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

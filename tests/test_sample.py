@@ -159,3 +159,16 @@ def test_command_on_two_devices_with_other_batches_matches_and_a_fresh_process_r
   assert read.stdout.strip() == "(20, 16, 16, 3) uint8 [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]"
   with np.load(path) as data:  # 2 devices x 3 per batch: as 1 device x 4 in-process
     np.testing.assert_array_equal(data["arr_0"], reference_run[2])
+
+
+def test_grid_of_fewer_samples_than_classes(tmp_path):
+  """--num_samples 3 of a 10-class model: a 3-row grid of the sampled classes (it
+  crashed after writing the .npz)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = np.stack([np.full((4, 4, 3), 50 * i, np.uint8) for i in range(3)])
+  np.savez(tmp_path / "chunk.npz", images=images)
+  png = class_conditional.write_grid([str(tmp_path / "chunk.npz")], [(0, 3)], 3, 10,
+                                     str(tmp_path / "grid.png"))
+  grid = np.asarray(Image.open(png))
+  assert grid.shape == (3 * (4 + 2) + 2, 4 + 2 + 2, 3), grid.shape  # 3 rows, 1 column
+  assert [grid[2 + r * 6, 2, 0] for r in range(3)] == [0, 50, 100]

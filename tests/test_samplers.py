@@ -392,3 +392,17 @@ def test_heun_with_velocity_reuse_is_adams_bashforth_2_on_a_uniform_grid():
   shifted = samplers.heun_sample(velocity, noise, jnp.array([0, 0]), timeshift=3.0, **kw)
   assert not np.allclose(shifted, samplers.adamlm_sample(
       velocity, noise, jnp.array([0, 0]), order=2, timeshift=3.0, **kw), atol=1e-4)
+
+
+def test_config_sampling_has_every_field_the_readme_documents():
+  """README lists sampler, ..., exact_heun, step_fn as config.sampling fields: each is in
+  the default config (so --config.sampling.X=... is accepted) and reaches `sample`."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  sampling = default.get_config().sampling
+  for field in ("sampler", "num_steps", "guidance", "guidance_interval_min",
+                "guidance_interval_max", "timeshift", "last_step", "order", "exact_heun",
+                "step_fn"):
+    assert field in sampling, field
+  sampling.step_fn, sampling.exact_heun = "sde", True
+  settings = samplers.settings_from_config(sampling)
+  assert settings["step_fn"] == "sde" and settings["exact_heun"] is True

@@ -82,3 +82,35 @@ def test_mesh_shape_from_config():
     sharding.mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
   with pytest.raises(ValueError, match="at most one axis"):
     sharding.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
+
+
+def test_trainer_and_aot_take_the_device_order_of_mesh_utils(monkeypatch):
+  """One function orders the devices for both (topology-aware on TPU); its errors are
+  not swallowed into a plain order that the AOT-proved program would not use."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.training import aot_compile  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()[:1]
+  calls = []
+
+  def topology_order(shape, devs):
+    calls.append((tuple(shape), list(devs)))
+    return np.asarray(devs).reshape(shape)
+
+  monkeypatch.setattr(sharding.mesh_utils, "create_device_mesh", topology_order)
+  mesh = sharding.create_mesh(None, devices)
+  assert calls == [((1, 1, 1), devices)]
+  assert mesh.devices.shape == (1, 1, 1)
+
+  class TopologyError(Exception):
+    pass
+
+  def refuse(shape, devs):
+    raise TopologyError("unusual topology")
+
+  monkeypatch.setattr(sharding.mesh_utils, "create_device_mesh", refuse)
+  with pytest.raises(TopologyError):
+    sharding.create_mesh(None, devices)
+  config = tiny.get_config()
+  config.batch_size = 1
+  with pytest.raises(TopologyError):  # aot_compile builds its mesh the same way
+    aot_compile.compile_train_step(config, devices)

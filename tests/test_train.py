@@ -16,6 +16,7 @@ import pytest
 from configs import tiny
 from pixnerd_jax import data
 from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import flops
 from pixnerd_jax.training import train
 from pixnerd_jax.training import validation
 
@@ -42,15 +43,27 @@ def test_loss_goes_down_on_digits():
                                    config=config))
   it = data.create_train_iterator(config.data, global_batch_size=32, seed=0)
   losses = []
+  initial = jax.device_get(state.params)
   for _ in range(60):
     batch = next(it)
+    previous_ema = jax.device_get(state.ema_params)
     state, metrics = step(state, {"image": batch["image"], "label": batch["label"]})
     losses.append(float(metrics["loss"]))
   assert int(state.step) == 60
   assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:5]), losses
-  # EMA trails the online weights.
-  leaf = lambda t: np.asarray(jax.tree.leaves(t)[0])
-  assert not np.array_equal(leaf(state.ema_params), leaf(state.params))
+  # EMA moved away from the initial params, trails the online ones, and its last update
+  # is decay * previous + (1 - decay) * new params (a never-updated EMA fails all three).
+  decay = float(train.ema_decay_at(jnp.int32(59), config.ema_decay, config.ema_warmup))
+  for ema, online, before, init in zip(*map(jax.tree.leaves, (
+      jax.device_get(state.ema_params), jax.device_get(state.params), previous_ema,
+      initial)), strict=True):
+    np.testing.assert_allclose(ema, decay * before + (1 - decay) * online, rtol=1e-6,
+                               atol=1e-7)
+  ema_leaves = jax.tree.leaves(jax.device_get(state.ema_params))
+  assert any(not np.array_equal(e, i) for e, i in zip(ema_leaves, jax.tree.leaves(initial),
+                                                      strict=True))
+  assert any(not np.array_equal(e, o) for e, o in zip(
+      ema_leaves, jax.tree.leaves(jax.device_get(state.params)), strict=True))
 
 
 def test_step_noise_depends_only_on_step():
@@ -142,13 +155,22 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
-def test_sample_grid_and_events_are_written(tmp_path):
-  config = _config(num_train_steps=4, sample_every=2, checkpoint_every=4)
+def test_sample_grid_events_utilisation_and_profile_are_written(tmp_path, monkeypatch):
+  # The CPU has no peak in the table; give it one to see train/mfu written.
+  monkeypatch.setitem(flops.PEAK_BF16_FLOPS, jax.devices()[0].device_kind, 1e12)
+  config = _config(num_train_steps=4, sample_every=2, checkpoint_every=4,
+                   **{"profile.start_step": 2, "profile.num_steps": 2})
   train.train_and_evaluate(config, str(tmp_path))
   from PIL import Image
   grid = Image.open(tmp_path / "samples_final.png")
   assert grid.size[0] > 8 * 16 and grid.size[1] > 10 * 16
-  assert list(tmp_path.glob("events.out.tfevents.*"))
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+  assert {"train/tflops_per_device", "train/mfu", "train/images_per_sec"} <= tags, tags
+  traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
 
 
 def test_init_from_params_checkpoint(tmp_path):
@@ -185,10 +207,23 @@ def test_init_from_params_checkpoint(tmp_path):
     ("diffusion.time_distribution", "beta", "config.diffusion.time_distribution"),
     ("model.remat_policy", "all", "config.model.remat_policy = 'all'"),
     ("model.attention_implementation", "cudnn", "cuDNN kernel needs a GPU"),
+    ("profile.start_step", -1, "config.profile.start_step = -1"),
+    ("profile.num_steps", 0, "config.profile.num_steps = 0"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   with pytest.raises(validation.ConfigError, match=message.replace(".", r"\.")):
     validation.validate_config(_config(**{field: value}))
+
+
+def test_synthetic_data_fits_either_model_and_its_labels_the_model(tmp_path):
+  validation.validate_config(_config(**{"data.name": "synthetic"}))
+  with pytest.raises(validation.ConfigError, match=r"config\.data\.synthetic_num_classes = 11"):
+    validation.validate_config(_config(**{"data.name": "synthetic",
+                                          "data.synthetic_num_classes": 11}))
+  from configs import tiny_t2i
+  config = tiny_t2i.get_config()
+  config.data.name = "synthetic"
+  validation.validate_config(config, str(tmp_path))
 
 
 def test_batch_must_divide_over_devices(monkeypatch):
@@ -239,6 +274,30 @@ def test_training_with_repa_logs_both_losses(tmp_path):
   events.Reload()
   tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
   assert {"train/fm_loss", "train/repa_loss", "train/loss"} <= tags, tags
+  _assert_export_reimports_bitwise(tmp_path, saved)
+
+
+def _assert_export_reimports_bitwise(tmp_path, saved):
+  """The trained workdir -> `convert export` (.ckpt and .safetensors) -> `convert
+  checkpoint` gives back its EMA and online params and its REPA projector, bit for bit."""
+  from pixnerd_jax import convert
+  for out in ("exported.ckpt", "exported.safetensors"):
+    assert convert.main(["export", f"--checkpoint={tmp_path / 'run'}",
+                         f"--out={tmp_path / out}"]) == 0
+  for flag, key in (("--ema", "ema_params"), ("--online", "params")):
+    back = tmp_path / f"back{flag}"
+    assert convert.main(["checkpoint", str(tmp_path / "exported.ckpt"), "--out", str(back),
+                         flag]) == 0
+    _assert_same_tree(checkpoint.load_params(str(back))[1], saved[key])
+    _assert_same_tree(checkpoint.load_params(str(back / "repa_projector"))[1],
+                      saved["aux_params"])
+  from safetensors.numpy import load_file
+  import torch
+  from_torch = torch.load(tmp_path / "exported.ckpt", weights_only=True)["state_dict"]
+  from_safetensors = load_file(str(tmp_path / "exported.safetensors"))
+  assert sorted(from_torch) == sorted(from_safetensors)
+  for k, v in from_safetensors.items():
+    np.testing.assert_array_equal(from_torch[k].numpy(), v)
 
 
 def test_repa_without_dino_weights_is_a_config_error():
@@ -260,3 +319,19 @@ def test_fid_is_logged_during_training_when_configured(tmp_path):
   events.Reload()
   tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
   assert {"eval/fid_fid", "eval/fid_inception_score"} <= tags, tags
+
+
+def test_grad_clipping_keeps_the_optimizer_state_and_clips():
+  """Clipping on or off gives the same optimizer-state tree (the non-finite-loss advice
+  to set grad_clip_norm resumes), and the moments see the clipped gradients."""
+  config = _config()
+  params = {"w": jnp.ones((3,))}
+  plain, _ = train.create_optimizer(config)
+  config.optimizer.grad_clip_norm = 0.5
+  clipped, _ = train.create_optimizer(config)
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(clipped.init(params))
+  grads = {"w": jnp.full((3,), 10.0)}
+  _, state = clipped.update(grads, clipped.init(params), params)
+  first_moment = jax.tree.leaves(state)[1]  # adam's mu after one step: (1 - b1) * grad
+  np.testing.assert_allclose(
+      float(jnp.linalg.norm(first_moment)), (1 - config.optimizer.b1) * 0.5, rtol=1e-5)

@@ -156,3 +156,31 @@ def test_stand_in_weights_are_drawn_with_the_configured_std(tmp_path):
     kernel = next(v for k, v in weights.items() if k.endswith("mlp.up_proj.weight"))
     stds[std] = float(np.std(kernel))
   assert abs(stds[0.02] - 0.02) < 0.002 and abs(stds[0.005] - 0.005) < 0.0005, stds
+
+
+def test_stand_in_is_written_atomically_and_a_half_written_one_is_replaced(
+    tmp_path, monkeypatch):
+  """A run killed while writing its stand-in leaves no <workdir>/text_encoder; a half
+  folder left by a killed older version (config.json only) is rewritten, not trusted."""
+  config = _config()
+  folder = tmp_path / text_encoder.STAND_IN_DIR
+  real_create = stand_in_text_encoder.create_stand_in
+
+  def killed_after_config(path, *args, **kwargs):
+    pathlib.Path(path).mkdir(parents=True)
+    (pathlib.Path(path) / text_encoder.CONFIG_FILE).write_text("{}")
+    raise KeyboardInterrupt  # the kill, between config.json and tokenizer.json
+
+  monkeypatch.setattr(stand_in_text_encoder, "create_stand_in", killed_after_config)
+  with pytest.raises(KeyboardInterrupt):
+    stand_in_text_encoder.write_for_run(config, str(tmp_path))
+  assert not folder.exists()
+
+  folder.mkdir()
+  (folder / text_encoder.CONFIG_FILE).write_text("{}")
+  monkeypatch.setattr(stand_in_text_encoder, "create_stand_in", real_create)
+  stand_in_text_encoder.write_for_run(config, str(tmp_path))
+  encoder, _ = text_encoder.load_for_run(config.text_encoder, config.model.txt_embed_dim,
+                                         str(tmp_path))
+  assert encoder.tokenize(["a seven"])["input_ids"].shape[0] == 1
+  assert not (tmp_path / f"{text_encoder.STAND_IN_DIR}.partial").exists()

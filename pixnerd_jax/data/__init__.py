@@ -15,6 +15,7 @@ See `checkpointing` for saving the iterator with Orbax.
 
 from pixnerd_jax.data.batching import NUM_SKIPPED_KEY
 from pixnerd_jax.data.checkpointing import iterator_checkpoint_args
+from pixnerd_jax.data.errors import DataError
 from pixnerd_jax.data.global_batch import BATCH_KEYS
 from pixnerd_jax.data.global_batch import CAPTION_BATCH_KEYS
 from pixnerd_jax.data.global_batch import make_global_batch

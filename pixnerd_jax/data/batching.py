@@ -1,7 +1,8 @@
 """Full-batch assembly that drops failed examples and counts them.
 
 Grain's own `filter` + `batch` would drop bad examples silently. This stage
-consumes a stream in which a failed example is `None`, always emits full
+consumes a stream in which a failed example is a `Skipped` (its reason),
+always emits full
 batches, and records in each batch how many examples were dropped while
 assembling it (`num_skipped`). The count lives in the batch rather than in a
 module-level counter because the stage usually runs in a worker process,
@@ -13,14 +14,26 @@ from typing import Any
 import grain
 import numpy as np
 
+from pixnerd_jax.data.errors import DataError
+
 NUM_SKIPPED_KEY = 'num_skipped'
+# How many causes of a run of failures the error quotes.
+_CAUSES_QUOTED = 3
+
+
+class Skipped:
+  """Stands in the stream for an example that failed to load; `reason` names the file
+  and the error (a plain object: it crosses worker processes by pickle)."""
+
+  def __init__(self, reason: str):
+    self.reason = reason
 
 
 class FullBatchIterDataset(grain.IterDataset):
-  """Batches dicts of arrays, skipping `None` elements.
+  """Batches dicts of arrays, skipping `Skipped` elements.
 
   Output: dict of stacked arrays (batch_size, ...) plus `num_skipped`, an
-  int32 scalar: the `None`s consumed since the previous batch.
+  int32 scalar: the `Skipped`s consumed since the previous batch.
   """
 
   def __init__(self, parent: grain.IterDataset, *, batch_size: int,
@@ -28,11 +41,12 @@ class FullBatchIterDataset(grain.IterDataset):
     """Initialises the stage.
 
     Args:
-      parent: stream of dicts of numpy arrays, or `None` for a failed example.
+      parent: stream of dicts of numpy arrays, or `Skipped` for a failed
+        example.
       batch_size: examples per batch; every emitted batch is full.
-      max_consecutive_skips: more consecutive `None`s than this raises
-        RuntimeError (e.g. a whole epoch of unreadable files), instead of
-        looping forever.
+      max_consecutive_skips: more consecutive failures than this raise one
+        DataError quoting the first causes (e.g. every file unreadable),
+        instead of warning through a whole epoch.
     """
     super().__init__(parent)
     if batch_size <= 0:
@@ -61,19 +75,24 @@ class _FullBatchIterator(grain.DatasetIterator):
     examples = []
     skipped = 0
     consecutive = 0
+    causes = []
     # A batch is assembled in one call, so the parent's state after a batch is
     # the complete state of this stage (nothing half-consumed is held here).
     while len(examples) < self._batch_size:
       example = next(self._parent)  # A finite parent drops its remainder.
-      if example is None:
+      if isinstance(example, Skipped):
         skipped += 1
         consecutive += 1
+        if len(causes) < _CAUSES_QUOTED:
+          causes.append(example.reason)
         if consecutive > self._max_consecutive_skips:
-          raise RuntimeError(
-              f'{consecutive} consecutive examples failed to load; the data '
-              'source looks unreadable (see the warnings logged for each).')
+          raise DataError(
+              f'{consecutive} consecutive examples failed to load: the data '
+              'looks unreadable; fix or remove the files (first causes: '
+              + '; '.join(causes) + ').')
         continue
       consecutive = 0
+      causes = []
       examples.append(example)
     batch = {key: np.stack([example[key] for example in examples])
              for key in examples[0]}

@@ -74,13 +74,14 @@ class CaptionFolderSource:
     self._resolution = resolution
     paths, self._has_caption = scan_caption_folder(root)
     # Fixed-width bytes: a compact pickle for every worker process.
-    self._paths = np.asarray([p.encode('utf-8') for p in paths])
+    # fsencode: a file name that is not UTF-8 (Latin-1 'café.png') round-trips.
+    self._paths = np.asarray([os.fsencode(p) for p in paths])
 
   def __len__(self) -> int:
     return len(self._paths)
 
   def path(self, index: int) -> str:
-    return os.path.join(self._root, self._paths[index].decode('utf-8'))
+    return os.path.join(self._root, os.fsdecode(self._paths[index]))
 
   def caption_path(self, index: int) -> str:
     return os.path.splitext(self.path(index))[0] + CAPTION_EXTENSION

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from pixnerd_jax.data import preprocess
+from pixnerd_jax.data.errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp')
 
@@ -36,7 +37,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
 
   Raises:
     FileNotFoundError: `root` does not exist or is not a directory.
-    ValueError: `root` has no class folders, or a class folder has no images.
+    DataError: `root` has no class folders, or a class folder has no images.
   """
   if not os.path.isdir(root):
     raise FileNotFoundError(
@@ -47,7 +48,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
       entry.name for entry in os.scandir(root)
       if entry.is_dir() and not is_hidden(entry.name))
   if not class_names:
-    raise ValueError(
+    raise DataError(
         f'config.data.folder={root!r} has no class sub-folders. Expected '
         'root/<class_name>/<image files> (one sub-folder per class).')
   paths, labels = [], []
@@ -62,7 +63,7 @@ def scan_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
           labels.append(label)
           count += 1
     if not count:
-      raise ValueError(
+      raise DataError(
           f'Class folder {class_dir!r} contains no image files '
           f'(extensions {", ".join(IMAGE_EXTENSIONS)}). Add images to it or '
           'remove it; an empty class would leave its class id unused.')
@@ -78,7 +79,8 @@ class FolderSource:
     self.class_names, paths, self._labels = scan_folder(root)
     # One fixed-width bytes array instead of a list of str: a compact pickle
     # (ImageNet has 1.28M paths) for every worker process.
-    self._paths = np.asarray([p.encode('utf-8') for p in paths])
+    # fsencode: a file name that is not UTF-8 (Latin-1 'café.png') round-trips.
+    self._paths = np.asarray([os.fsencode(p) for p in paths])
 
   def __len__(self) -> int:
     return len(self._labels)
@@ -88,7 +90,7 @@ class FolderSource:
     return len(self.class_names)
 
   def path(self, index: int) -> str:
-    return os.path.join(self._root, self._paths[index].decode('utf-8'))
+    return os.path.join(self._root, os.fsdecode(self._paths[index]))
 
   def load(self, index: int) -> tuple[np.ndarray, int]:
     """Returns uint8 (S, S, 3) and the label of example `index`.

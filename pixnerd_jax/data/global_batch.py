@@ -26,9 +26,19 @@ def make_global_batch(
       the batch axis (only) over devices; used for every field.
     keys: the fields to convert (others, e.g. `num_skipped`, are left out).
 
+  Fields that already are global jax.Arrays (the synthetic source's) are only
+  resharded if their sharding differs.
+
   Returns:
     {key: jax.Array with leading dim local_batch * process_count}.
   """
-  return {key: jax.make_array_from_process_local_data(sharding,
-                                                      local_batch[key])
-          for key in keys}
+  return {key: _global(local_batch[key], sharding) for key in keys}
+
+
+def _global(value, sharding: jax.sharding.Sharding) -> jax.Array:
+  if isinstance(value, jax.Array):
+    if value.sharding == sharding:
+      return value
+    # jit moves rows between devices, across hosts too (device_put may not).
+    return jax.jit(lambda x: x, out_shardings=sharding)(value)
+  return jax.make_array_from_process_local_data(sharding, value)

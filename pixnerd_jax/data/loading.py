@@ -3,11 +3,15 @@
 Kept free of JAX so that they are cheap to unpickle in worker processes.
 """
 
-from typing import Optional, Protocol
+import struct
+from typing import Optional, Protocol, Union
+import zlib
 
 from absl import logging
 import numpy as np
+from PIL import Image
 
+from pixnerd_jax.data import batching
 from pixnerd_jax.data import preprocess
 
 
@@ -59,16 +63,23 @@ def _flip(pixels: np.ndarray, seed: int, position: int) -> np.ndarray:
   return pixels[:, ::-1] if rng.random() < 0.5 else pixels
 
 
-def _warn_skip(source, index: int, error: Exception) -> None:
-  # Corrupt bytes make PIL raise many different types (OSError, SyntaxError,
-  # ValueError, struct.error, ...). Any of them means "skip this example";
-  # `FullBatchIterDataset` counts the None.
-  logging.warning('Skipping unreadable example %s: %s: %s',
-                  source.describe(index), type(error).__name__, error)
+# What unreadable or corrupt files raise: I/O errors, and the many types PIL
+# raises for bad bytes (UnidentifiedImageError is an OSError; truncated or
+# malformed data gives ValueError, SyntaxError, struct.error, EOFError; a
+# decompression bomb gives DecompressionBombError). Anything else is a bug and
+# propagates.
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error,
+              zlib.error, Image.DecompressionBombError)
+
+
+def _skip(source, index: int, error: Exception) -> batching.Skipped:
+  reason = f'{source.describe(index)}: {type(error).__name__}: {error}'
+  logging.warning('Skipping unreadable example %s', reason)
+  return batching.Skipped(reason[:300])
 
 
 class LoadExample:
-  """Maps (stream position, source index) -> example dict, or None on failure.
+  """Maps (stream position, source index) -> example dict, or Skipped on failure.
 
   Used with `MapDataset.map_with_index` on the repeated, shuffled index
   stream. The position in that stream (not the source index) seeds the flip,
@@ -82,13 +93,12 @@ class LoadExample:
     self._seed = seed
 
   def __call__(self, position: int,
-               index: int) -> Optional[dict[str, np.ndarray]]:
+               index: int) -> Union[dict[str, np.ndarray], batching.Skipped]:
     index = int(index)
     try:
       pixels, label = self._source.load(index)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      _warn_skip(self._source, index, e)
-      return None
+    except UNREADABLE as e:
+      return _skip(self._source, index, e)
     if self._random_flip:
       pixels = _flip(pixels, self._seed, position)
     return {'pixels': np.ascontiguousarray(pixels),
@@ -96,7 +106,7 @@ class LoadExample:
 
 
 class LoadCaptionedExample:
-  """As `LoadExample` for a `CaptionSource`: (position, index) -> dict | None.
+  """As `LoadExample` for a `CaptionSource`: (position, index) -> dict | Skipped.
 
   The dict holds `pixels`, `caption` (a 0-d str array, stacked into (B,) by
   the batcher) and, when the source has labels, `label`.
@@ -108,14 +118,13 @@ class LoadCaptionedExample:
     self._seed = seed
 
   def __call__(self, position: int,
-               index: int) -> Optional[dict[str, np.ndarray]]:
+               index: int) -> Union[dict[str, np.ndarray], batching.Skipped]:
     index = int(index)
     rng = np.random.default_rng((self._seed, position, _CAPTION_STREAM))
     try:
       pixels, caption, label = self._source.load(index, rng)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      _warn_skip(self._source, index, e)
-      return None
+    except UNREADABLE as e:
+      return _skip(self._source, index, e)
     if self._random_flip:
       pixels = _flip(pixels, self._seed, position)
     example = {'pixels': np.ascontiguousarray(pixels),

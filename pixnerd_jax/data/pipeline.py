@@ -23,6 +23,7 @@ from absl import flags
 import grain
 import jax
 import ml_collections
+import numpy as np
 
 from pixnerd_jax.data import batching
 from pixnerd_jax.data import caption_folder
@@ -34,16 +35,21 @@ from pixnerd_jax.data import folder
 from pixnerd_jax.data import global_batch
 from pixnerd_jax.data import loading
 from pixnerd_jax.data import sharding as data_sharding
+from pixnerd_jax.data import synthetic
 from pixnerd_jax.data import tfds_source
+from pixnerd_jax.data.errors import DataError
 
 CLASS_SOURCE_NAMES = ('digits', 'tfds', 'folder')
 CAPTION_SOURCE_NAMES = ('digits_captions', 'caption_folder', 'caption_tar',
                         'tfds_captions')
-SOURCE_NAMES = CLASS_SOURCE_NAMES + CAPTION_SOURCE_NAMES
+# Made on the accelerators (data/synthetic.py): labels, or captions given a tokenizer.
+SYNTHETIC = 'synthetic'
+SOURCE_NAMES = CLASS_SOURCE_NAMES + CAPTION_SOURCE_NAMES + (SYNTHETIC,)
 
 
 def is_captioned(data_config: ml_collections.ConfigDict) -> bool:
-  """Whether `data_config.name` is a captioned (text-to-image) source."""
+  """Whether `data_config.name` is a captioned (text-to-image) source ('synthetic' is
+  either: see create_train_iterator)."""
   if data_config.name not in SOURCE_NAMES:
     raise ValueError(
         f'config.data.name={data_config.name!r} is not one of {SOURCE_NAMES}.')
@@ -62,6 +68,8 @@ def batch_keys(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def caption_vocabulary(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Every word the captions of `data_config` can hold, for the word-level
   tokenizer of a stand-in text encoder; only a templated source has one."""
+  if data_config.name == SYNTHETIC:
+    return synthetic.caption_vocabulary()
   if data_config.name != 'digits_captions':
     raise ValueError(
         f'config.data.name={data_config.name!r} has no closed caption vocabulary, '
@@ -113,6 +121,53 @@ def make_source(
       f'config.data.name={name!r} is not one of {SOURCE_NAMES}.')
 
 
+# More consecutive unreadable examples than this stop the run with one error:
+# a working dataset with scattered bad files never comes close.
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+def _gather_from_processes(values: np.ndarray) -> np.ndarray:
+  """(P, ...) the `values` of every process (a collective: all must call it)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(values))
+
+
+def check_hosts_agree(source, data_config) -> None:
+  """DataError on every process unless all see the same source (length and class
+  count): a shard readable on one host only would give hosts different shuffles
+  and batch splits, silently."""
+  seen = np.asarray([len(source), getattr(source, 'num_classes', None) or -1],
+                    np.int64)
+  every = _gather_from_processes(seen)
+  if (every != every[0]).any():
+    views = ', '.join(f'process {i}: {int(n)} examples'
+                      for i, (n, _) in enumerate(every))
+    raise DataError(
+        f'The hosts see different {data_config.name!r} data ({views}; class '
+        f'counts {sorted(set(int(c) for c in every[:, 1]))}): a file or shard '
+        'is missing or unreadable on some of them (see their warnings). Make '
+        'the same data readable on every host.')
+
+
+def check_labels_fit(source, data_config, num_classes: int) -> None:
+  """DataError when `source` has labels the model has no class for.
+
+  A label >= num_classes would index past the class table (NaN) or, equal to
+  num_classes, silently train as the unconditional (null) class. Sources that
+  do not know their class count (some TFDS datasets) are not checked here.
+  """
+  count = getattr(source, 'num_classes', None)
+  if count is None or count <= num_classes:
+    return
+  names = getattr(source, 'class_names', None)
+  first = f' ({names[num_classes]!r})' if names else ''
+  raise DataError(
+      f'config.data.name={data_config.name!r} has {count} classes (labels '
+      f'0..{count - 1}), config.model.num_classes={num_classes}: label '
+      f'{num_classes}{first} and above have no class in the model. Set '
+      f'--config.model.num_classes={count}, or train on {num_classes} classes.')
+
+
 def create_train_iterator(
     data_config: ml_collections.ConfigDict,
     *,
@@ -121,6 +176,8 @@ def create_train_iterator(
     process_index: Optional[int] = None,
     process_count: Optional[int] = None,
     tokenizer: Optional[captions.Tokenizer] = None,
+    sharding: Optional[jax.sharding.Sharding] = None,
+    num_classes: Optional[int] = None,
 ) -> grain.DatasetIterator:
   """Creates this process's infinite, checkpointable training iterator.
 
@@ -131,11 +188,16 @@ def create_train_iterator(
       `data_config.seed`.
     process_index: this host's index; defaults to `jax.process_index()`.
     process_count: number of hosts; defaults to `jax.process_count()`.
+    num_classes: the class model's classes (labels 0..num_classes-1; the id
+      num_classes is its null class): a source with more classes is refused.
     tokenizer: required by captioned sources (CAPTION_SOURCE_NAMES), refused
       by class sources: an object with `tokenize(list[str])` returning
       `input_ids` and `attention_mask`, (B, L) ints with a fixed L (e.g.
       `pixnerd_jax.models.text_encoder.TextEncoder`). It runs on this thread, after
-      the worker processes, so it need not be picklable.
+      the worker processes, so it need not be picklable. 'synthetic' takes one
+      (captions) or none (class labels).
+    sharding: 'synthetic' only: the batch sharding its arrays are drawn into
+      (default: the batch axis over all devices); other sources ignore it.
 
   Returns:
     A Grain iterator yielding dicts of numpy arrays with
@@ -176,6 +238,11 @@ def create_train_iterator(
         f'of the number of processes ({process_count}).')
   local_batch_size = global_batch_size // process_count
 
+  if data_config.name == SYNTHETIC:
+    return synthetic.SyntheticIterator(
+        global_batch_size=global_batch_size, resolution=int(data_config.resolution),
+        seed=seed, num_classes=int(data_config.get('synthetic_num_classes', 10)),
+        tokenizer=tokenizer, sharding=sharding)
   captioned = is_captioned(data_config)
   if captioned and tokenizer is None:
     raise ValueError(
@@ -190,8 +257,12 @@ def create_train_iterator(
   token_length = captions.token_length(tokenizer) if captioned else None
 
   source = make_source(data_config)
+  if process_count > 1 and jax.process_count() == process_count:
+    check_hosts_agree(source, data_config)
+  if num_classes is not None:
+    check_labels_fit(source, data_config, num_classes)
   if len(source) < global_batch_size:
-    raise ValueError(
+    raise DataError(
         f'The {data_config.name!r} dataset has {len(source)} examples, fewer '
         f'than one global batch ({global_batch_size}). Add data or lower the '
         'batch size.')
@@ -213,15 +284,14 @@ def create_train_iterator(
   # many local batches of examples ahead, and each worker keeps that many
   # finished batches.
   prefetch_batches = max(1, int(data_config.get('prefetch_buffer_size', 2)))
-  # allow_nones: failed examples must reach the batcher to be counted.
+  # Failed examples travel as batching.Skipped, so the batcher counts them.
   it_ds = ds.to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads,
                         prefetch_buffer_size=prefetch_batches *
-                        local_batch_size),
-      allow_nones=True)
+                        local_batch_size))
   it_ds = batching.FullBatchIterDataset(
       it_ds, batch_size=local_batch_size,
-      max_consecutive_skips=len(source))
+      max_consecutive_skips=min(len(source), MAX_CONSECUTIVE_SKIPS))
 
   num_workers = int(data_config.get('num_workers', 0))
   if num_workers > 0:

@@ -147,7 +147,7 @@ def default_cache_dir() -> str:
 def index_paths(shard: str, cache_dir: Optional[str] = None) -> list[str]:
   """Where the index of `shard` may live: beside it, then in the cache dir."""
   absolute = os.path.abspath(shard)
-  digest = hashlib.sha256(absolute.encode('utf-8')).hexdigest()[:16]
+  digest = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:16]  # any file name
   cached = os.path.join(cache_dir or default_cache_dir(),
                         f'{digest}-{os.path.basename(shard)}{INDEX_SUFFIX}')
   return [absolute + INDEX_SUFFIX, cached]

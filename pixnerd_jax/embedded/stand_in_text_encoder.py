@@ -9,6 +9,7 @@ training captions. A run with `config.text_encoder.stand_in` writes one to
 
 import collections
 import os
+import shutil
 from typing import Iterable
 
 import jax
@@ -16,7 +17,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from pixnerd_jax import data as data_lib
 from pixnerd_jax.models import qwen3
-from pixnerd_jax.models.text_encoder import CONFIG_FILE, STAND_IN_DIR, TextEncoder
+from pixnerd_jax.models.text_encoder import (CONFIG_FILE, STAND_IN_DIR, TOKENIZER_FILE,
+                                             WEIGHTS_FILE, TextEncoder)
 
 
 def word_level_tokenizer(texts: Iterable[str], *, min_count: int = 1, pad_token: str = "[PAD]",
@@ -83,11 +85,20 @@ def write_for_run(config, workdir: str) -> str:
   folder."""
   te = config.text_encoder
   folder = os.path.join(workdir, STAND_IN_DIR)
-  if jax.process_index() == 0 and not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
-    create_stand_in(folder, data_lib.caption_vocabulary(config.data),
+  complete = all(os.path.isfile(os.path.join(folder, name))
+                 for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE))
+  if jax.process_index() == 0 and not complete:
+    # Written beside, then renamed: a run killed mid-write leaves no half folder that
+    # the restart would take for the encoder (the stand-in is a function of the seed
+    # and the captions, so an incomplete one left by older versions is rewritten).
+    partial = f"{folder}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    create_stand_in(partial, data_lib.caption_vocabulary(config.data),
                     hidden_size=config.model.txt_embed_dim,
                     num_layers=int(te.stand_in_layers), max_length=int(te.max_length),
                     seed=config.seed, init_std=float(te.get("stand_in_init_std", 0.02)))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(partial, folder)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("text encoder stand-in written")

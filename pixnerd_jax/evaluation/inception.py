@@ -29,6 +29,11 @@ from flax import traverse_util
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
 POOL_FEATURES = 2048
+# sFID's features: the ADM suite takes `mixed_6/conv:0` of the TF graph (the 1x1 branch of
+# its 7th mixed block, torch's Mixed_6d.branch1x1, after BN and ReLU), first 7 channels,
+# 17 x 17 x 7 flattened in (H, W, C) order.
+SPATIAL_CHANNELS = 7
+SPATIAL_FEATURES = 17 * 17 * SPATIAL_CHANNELS
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # Features feed a covariance; keep float32 matmuls exact on GPUs/TPUs too.
 _PRECISION = jax.lax.Precision.HIGHEST
@@ -88,7 +93,7 @@ class InceptionB(nn.Module):
 
 
 class InceptionC(nn.Module):
-  """Factorised 7x7 convolutions."""
+  """Factorised 7x7 convolutions. Returns the block output and its 1x1 branch."""
   channels_7x7: int
 
   @nn.compact
@@ -104,7 +109,7 @@ class InceptionC(nn.Module):
     bd = BasicConv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
     bd = BasicConv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
     bp = BasicConv(192, (1, 1), name="branch_pool")(_avg_pool_same(x))
-    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+    return jnp.concatenate([b1, b7, bd, bp], axis=-1), b1
 
 
 class InceptionD(nn.Module):
@@ -146,7 +151,8 @@ class InceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-  """x: (B, 299, 299, 3) in [-1, 1] -> {"pool": (B, 2048), "logits": (B, 1008)}."""
+  """x: (B, 299, 299, 3) in [-1, 1] -> {"pool": (B, 2048), "logits": (B, 1008),
+  "spatial": (B, 2023)} (`SPATIAL_FEATURES`, sFID's)."""
   num_classes: int = NUM_CLASSES
 
   @nn.compact
@@ -164,13 +170,15 @@ class FIDInceptionV3(nn.Module):
     x = InceptionB(name="Mixed_6a")(x)
     for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160),
                      ("Mixed_6e", 192)):
-      x = InceptionC(c7, name=name)(x)
+      x, branch1x1 = InceptionC(c7, name=name)(x)
+      if name == "Mixed_6d":
+        spatial = branch1x1[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     x = InceptionD(name="Mixed_7a")(x)
     x = InceptionE("avg", name="Mixed_7b")(x)
     x = InceptionE("max", name="Mixed_7c")(x)
     pool = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, precision=_PRECISION, name="fc")(pool)
-    return {"pool": pool, "logits": logits}
+    return {"pool": pool, "logits": logits, "spatial": spatial}
 
 
 # ----------------------------------------------------------------------------- input

@@ -54,13 +54,12 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if ext == ".npz":
     try:
       with np.load(path, allow_pickle=False) as data:
-        out = {}
-        for k in data.files:
-          if k.startswith("sd/"):
-            out[k[3:]] = np.asarray(data[k], np.float32)
-          elif data[k].dtype.kind == "f" and not _is_fixture_array(k):
-            out[k] = np.asarray(data[k], np.float32)
-        return out
+        # A fixture keeps its weights under sd/ next to its inputs and outputs.
+        if any(k.startswith("sd/") for k in data.files):
+          return {k[3:]: np.asarray(data[k], np.float32) for k in data.files
+                  if k.startswith("sd/")}
+        return {k: np.asarray(data[k], np.float32) for k in data.files
+                if data[k].dtype.kind == "f" and not _is_fixture_array(k)}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
       raise ConversionError(f"Could not read {path} as .npz: the file is damaged or "
                             f"incomplete; write it again. ({console.summary(e, 200)})") from e

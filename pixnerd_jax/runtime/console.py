@@ -75,9 +75,13 @@ def skip_tpu_backend() -> str | None:
   """Off TPU hosts, lets JAX pick among its other backends (GPU plugins, CPU) only.
 
   JAX tries libtpu on every start when it is installed; with no chips it fails quietly
-  for JAX but libtpu itself prints its metadata lookups to stderr. Leaves JAX alone on a
-  TPU host (real TPU errors stay visible) and when JAX_PLATFORMS is set. Returns the
-  platforms chosen, or None. Must run before anything touches a device.
+  for JAX but libtpu itself prints its metadata lookups to stderr. Only the TPU backend
+  is unregistered: jax_platforms stays unset, so JAX still chooses among the rest as it
+  would (a GPU plugin with no visible GPU, e.g. CUDA_VISIBLE_DEVICES="" on a login
+  node, falls back to CPU; naming every plugin in jax_platforms would make its failure
+  fatal). Leaves JAX alone on a TPU host (real TPU errors stay visible) and when
+  JAX_PLATFORMS is set. Returns the platforms left, highest priority first, or None.
+  Must run before anything touches a device.
   """
   import jax  # pylint: disable=g-import-not-at-top
   if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or host_has_tpu():
@@ -93,9 +97,8 @@ def skip_tpu_backend() -> str | None:
     return None  # another JAX version: keep its default (noisy, but working)
   if not names:
     return None
-  platforms = ",".join(names)
-  jax.config.update("jax_platforms", platforms)
-  return platforms
+  registered.pop("tpu", None)
+  return ",".join(names)
 
 
 # What libtpu prints while it loads on a host that is not a TPU VM (its metadata lookups).

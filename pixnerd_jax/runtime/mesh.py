@@ -13,13 +13,17 @@ import math
 
 from absl import logging
 import jax
-import numpy as np
 import optax
 from flax import linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+
+
+class MeshError(ValueError):
+  """config.mesh does not fit the devices; the message says how to fix it."""
 
 # logical axis -> mesh axis (None = replicated). Activations use the same names.
 LOGICAL_AXIS_RULES = (
@@ -49,28 +53,30 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
   """Axis sizes for MESH_AXES from config (one may be -1 = the remaining devices)."""
   sizes = [int(mesh_config[name]) for name in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(mesh_config)}.")
+    raise MeshError(f"config.mesh: at most one axis may be -1, got {dict(mesh_config)}.")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"config.mesh {dict(mesh_config)} does not divide {num_devices} "
+      raise MeshError(f"config.mesh {dict(mesh_config)} does not divide {num_devices} "
                        "devices. Fix: choose axis sizes whose product divides the count.")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices, "
+    raise MeshError(f"config.mesh {dict(mesh_config)} needs {math.prod(sizes)} devices, "
                      f"there are {num_devices}. Fix: make the product equal, or use -1.")
   return tuple(sizes)
 
 
 def create_mesh(mesh_config=None, devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over all global devices; Auto axes for linen rules."""
+  """A (data, fsdp, tensor) mesh over all global devices; Auto axes for linen rules.
+
+  The one place a device order is chosen (topology-aware on TPU): the trainer and
+  aot_compile both build their mesh here, so the program compiled ahead of time is the
+  one the pod runs.
+  """
   devices = jax.devices() if devices is None else devices
   mesh_config = mesh_config or {"data": -1, "fsdp": 1, "tensor": 1}
   shape = mesh_shape(mesh_config, len(devices))
-  try:
-    device_grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-  except Exception:  # pylint: disable=broad-except  # unusual topologies: plain order
-    device_grid = np.asarray(devices).reshape(shape)
+  device_grid = mesh_utils.create_device_mesh(shape, devices)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 

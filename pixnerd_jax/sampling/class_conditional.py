@@ -233,12 +233,15 @@ def assemble(out: str, chunk_paths: list[str], num_samples: int) -> str:
 
 def write_grid(chunk_paths: list[str], ranges: list[tuple[int, int]], num_samples: int,
                num_classes: int, out_png: str, rows: int = 8, cols: int = 8) -> str:
-  """A grid (one class per row, `rows` classes spread over the range) read from the chunks."""
-  per_class = num_samples // num_classes
-  cols = max(1, min(cols, per_class))
-  classes = np.unique(np.linspace(0, num_classes - 1, min(rows, num_classes)).astype(int))
-  # Labels rise with the index: class c starts at ceil(c N / K).
-  wanted = [-(-c * num_samples // num_classes) + j for c in classes for j in range(cols)]
+  """A grid (one class per row, `rows` classes spread over those sampled) read from the
+  chunks; fewer samples than classes sample only some classes, one image each."""
+  labels = class_labels(np.arange(num_samples), num_samples, num_classes)
+  # Labels rise with the index: each class's samples are one run starting at `first`.
+  _, first, counts = np.unique(labels, return_index=True, return_counts=True)
+  rows_shown = np.unique(np.linspace(0, len(first) - 1, min(rows, len(first))).astype(int))
+  cols = max(1, min(cols, int(counts[rows_shown].min())))
+  wanted = [int(first[r]) + j for r in rows_shown for j in range(cols)]
+  classes = rows_shown
   tiles = {}
   for path, (start, end) in zip(chunk_paths, ranges):
     inside = [i for i in wanted if start <= i < end]

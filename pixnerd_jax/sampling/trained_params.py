@@ -31,8 +31,9 @@ def load_checkpoint(path: str, config, online: bool = False, step: int | None = 
     source = f"params checkpoint {os.path.abspath(path)}"
   elif os.path.isdir(os.path.join(path, "checkpoints")):
     model_config = dict(config.model)
-    step, state = checkpoint.load_train_state(path, step)
-    params = state["params" if online else "ema_params"]
+    key = "params" if online else "ema_params"
+    step, state = checkpoint.load_train_state(path, step, only=(key,))  # not Adam's moments
+    params = state[key]
     source = f"{'online' if online else 'EMA'} params of step {step} in {os.path.abspath(path)}"
   else:
     raise checkpoint.CheckpointError(

@@ -18,6 +18,7 @@ from pixnerd_jax.training import repa
 from pixnerd_jax.models import text_encoder
 from pixnerd_jax.embedded import stand_in_text_encoder
 from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.training import flops
 from pixnerd_jax.training import train
 from pixnerd_jax.models import dinov2
 from pixnerd_jax.models import qwen3
@@ -41,11 +42,15 @@ class Chip:
   chip_config: str
 
 
+def _chip(kind: str, hbm_gib: float, torus_dims: int, chip_config: str) -> Chip:
+  return Chip(kind, hbm_gib, flops.peak_flops(kind), torus_dims, chip_config)
+
+
 CHIPS = {
-    "v4": Chip("TPU v4", 32, 275e12, 3, "megacore"),
-    "v5e": Chip("TPU v5 lite", 16, 197e12, 2, "default"),
-    "v5p": Chip("TPU v5", 95, 459e12, 3, "megacore"),
-    "v6e": Chip("TPU v6 lite", 32, 918e12, 2, "default"),
+    "v4": _chip("TPU v4", 32, 3, "megacore"),
+    "v5e": _chip("TPU v5 lite", 16, 2, "default"),
+    "v5p": _chip("TPU v5", 95, 3, "megacore"),
+    "v6e": _chip("TPU v6 lite", 32, 2, "default"),
 }
 
 
@@ -213,10 +218,7 @@ def memory_per_chip(compiled: jax.stages.Compiled) -> dict[str, int]:
 
 def flops_per_chip(compiled: jax.stages.Compiled) -> float | None:
   """XLA's FLOP count of the per-chip (SPMD-partitioned) program, recomputation included."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-    cost = cost[0] if cost else None
-  return float(cost["flops"]) if cost and "flops" in cost else None
+  return flops.xla_flops(compiled)
 
 
 # XLA's TPU compiler refuses a program larger than HBM; its messages (libtpu 0.0.42):

@@ -157,14 +157,26 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
   steps = sorted(manager.all_steps(), reverse=True)
   failed = []
   for step in steps:
-    restored, problem = None, None
+    restored, problem, other_config = None, None, None
     try:
       restored = _restore(manager.directory, step, state, data_iterator)
     except Exception as e:  # pylint: disable=broad-except
       problem = e
       logging.debug("Restoring step %d failed", step, exc_info=e)
-      _raise_if_written_with_another_config(manager, step, state)
-    if not _on_all_processes(problem is None):
+      try:
+        _raise_if_written_with_another_config(manager, step, state)
+      except CheckpointError as mismatch:
+        other_config = mismatch
+    # Every process takes part in every agreement before any of them raises: one that
+    # raised alone would leave the others waiting in the next collective forever.
+    outcomes = _outcomes_of_all_processes(
+        _OTHER_CONFIG if other_config else _FAILED if problem else _RESTORED)
+    if _OTHER_CONFIG in outcomes:
+      raise other_config or CheckpointError(
+          f"The checkpoint of step {step} in {manager.directory} was written with another "
+          "config (found on another process): restart with the config it was written "
+          "with, or use a new --workdir.")
+    if _FAILED in outcomes:
       reason = console.summary(problem, 250) if problem else "it failed on another process"
       logging.warning("The checkpoint of step %d in %s does not restore (%s); %s.", step,
                       manager.directory, reason,
@@ -187,12 +199,21 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
   return None, state, data_iterator
 
 
+# What one process found when restoring a step.
+_RESTORED, _FAILED, _OTHER_CONFIG = 0, 1, 2
+
+
+def _outcomes_of_all_processes(outcome: int) -> set[int]:
+  """The outcomes every process found (a collective: all processes must call it)."""
+  if jax.process_count() == 1:
+    return {outcome}
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return {int(o) for o in np.ravel(multihost_utils.process_allgather(np.int32(outcome)))}
+
+
 def _on_all_processes(ok: bool) -> bool:
   """Whether `ok` holds on every process (they must agree on which step they resume)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+  return _outcomes_of_all_processes(_RESTORED if ok else _FAILED) == {_RESTORED}
 
 
 def _move_aside(directory, step: int) -> epath.Path:
@@ -248,9 +269,17 @@ def _tree_difference(found: dict, expected: dict) -> str | None:
 def _raise_if_written_with_another_config(manager, step: int, state) -> None:
   """CheckpointError if the checkpoint's own metadata reads and differs from `state`;
   returns when the metadata matches or does not read (then the files are damaged)."""
+  check_written_with_this_config(manager.directory, step, state)
+
+
+def check_written_with_this_config(directory, step: int, state) -> None:
+  """CheckpointError if the state of directory/step (a CheckpointManager's directory)
+  has another tree or other shapes than `state` (arrays or ShapeDtypeStructs: params,
+  EMA, optimizer state, aux params); returns when they match or the metadata does not
+  read."""
   handler = ocp.StandardCheckpointHandler()
   try:
-    metadata = handler.metadata(epath.Path(manager.directory) / str(step) / "state")
+    metadata = handler.metadata(epath.Path(directory) / str(step) / "state")
   except Exception:  # pylint: disable=broad-except
     return
   finally:
@@ -260,7 +289,7 @@ def _raise_if_written_with_another_config(manager, step: int, state) -> None:
   difference = _tree_difference(_shapes_by_path(metadata), _shapes_by_path(state))
   if difference:
     raise CheckpointError(
-        f"The checkpoint of step {step} in {manager.directory} was written with another "
+        f"The checkpoint of step {step} in {directory} was written with another "
         "config: restart with the config it was written with, or use a new --workdir. "
         f"({difference})")
 
@@ -282,12 +311,15 @@ def match_params(params, reference, source: str):
   return params
 
 
-def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
+def load_train_state(workdir: str, step: int | None = None,
+                     only: tuple[str, ...] | None = None) -> tuple[int, dict]:
   """(step, state as nested dicts) from a training workdir: params, ema_params, ... .
 
   Reads the given step, or the newest checkpoint that reads (a damaged newer one is
   skipped with a warning, and left in place), onto this process's first device, whatever
-  mesh or host count wrote it; no config or model needed.
+  mesh or host count wrote it; no config or model needed. `only` names the entries to
+  read (e.g. ('ema_params',) for sampling): the others (the optimizer's moments, 2x the
+  params) are neither read nor held in memory.
   """
   directory = epath.Path(workdir).absolute() / "checkpoints"
   if not directory.exists():
@@ -301,7 +333,7 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
   candidates = [step] if step is not None else steps[::-1]
   for candidate in candidates:
     try:
-      return candidate, _read_state(directory, candidate)
+      return candidate, _read_state(directory, candidate, only)
     except Exception as e:  # pylint: disable=broad-except  # damaged files raise many types
       logging.debug("Reading step %d failed", candidate, exc_info=e)
       problem = console.summary(e, 200)
@@ -317,17 +349,31 @@ def load_train_state(workdir: str, step: int | None = None) -> tuple[int, dict]:
                         f"{problem})")
 
 
-def _read_state(directory: epath.Path, step: int) -> dict:
+def _read_state(directory: epath.Path, step: int, only: tuple[str, ...] | None = None) -> dict:
   # The handler alone: a Checkpointer on the item directory would warn that the step's
   # metadata file is not there (it is one level up).
   handler = ocp.StandardCheckpointHandler()
   try:
     path = directory / str(step) / "state"
     metadata = handler.metadata(path)
+    if only is not None:
+      missing = [key for key in only if key not in metadata]
+      if missing:
+        raise CheckpointError(f"The checkpoint {path} has no {missing}.")
+      metadata = {key: metadata[key] for key in only}
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-    return handler.restore(path, args=ocp.args.StandardRestore(target))
+    if only is None:
+      return handler.restore(path, args=ocp.args.StandardRestore(target))
   finally:
     handler.close()
+  # A part of the saved tree: the rest is not read.
+  partial = ocp.PyTreeCheckpointHandler()
+  try:
+    return partial.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  finally:
+    partial.close()

@@ -20,6 +20,7 @@ import sys
 import time
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -120,7 +121,11 @@ def _start(config, workdir: str, program: train_lib.TrainProgram) -> str:
               f"read: {e}; the run will try to restore it)")
     checkpoint.match_params(saved, program.state_shapes.params,
                             f"the checkpoint of step {step} in {workdir}")
-    return f"resumes from the checkpoint of step {step} (params match config.model)"
+    # As the run's restore: the optimizer state (and EMA, aux params) must match too.
+    checkpoint.check_written_with_this_config(
+        epath.Path(workdir).absolute() / "checkpoints", step, program.state_shapes)
+    return (f"resumes from the checkpoint of step {step} (params and optimizer state match "
+            "the config)")
   if program.teacher is not None:
     return f"params and EMA from the teacher {config.meanflow.teacher}"
   if config.init_from:
@@ -143,9 +148,9 @@ def _first_batch(config, program: train_lib.TrainProgram, batch_spec: dict,
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.num_workers = 0  # the same examples; no worker processes for one batch
   started = time.perf_counter()
-  tokenizer = {"tokenizer": encoder} if encoder is not None else {}
   iterator = data_lib.create_train_iterator(data_config, global_batch_size=config.batch_size,
-                                            seed=config.seed, **tokenizer)
+                                            seed=config.seed,
+                                            **train_lib.data_conditioning(config, encoder))
   batch = next(iterator)
   seconds = time.perf_counter() - started
   skipped = int(batch.pop(data_lib.NUM_SKIPPED_KEY, 0))

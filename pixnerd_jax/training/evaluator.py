@@ -1,16 +1,17 @@
 """What the trainer evaluates periodically: EMA sample grids, FID and Inception Score when
 config.fid names their inputs, and the embedded job's own metrics (the digits judge)."""
 
+import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.embedded import digits_evaluation
 from pixnerd_jax.evaluation import images as images_lib
+from pixnerd_jax.runtime import mesh as mesh_lib
 
 GRID_COLUMNS = 8
 FINAL_GRID_NAME = "samples_final.png"
@@ -23,10 +24,15 @@ class TrainingEvaluator:
   config.sampling.prompts (';'-separated), else the embedded job's prompts. An embedded
   job's evaluation (`embedded.digits_evaluation`) gives the conditions of its metric
   samples and scores them.
+
+  Sampling runs on the whole `mesh` (the batch split like the training batch, so every
+  process of a multi-host run takes part) and every process gets all samples; only
+  process 0 writes files (the writer of the others only logs).
   """
 
-  def __init__(self, config, model, workdir: str, writer, text=(None, None)):
+  def __init__(self, config, model, workdir: str, writer, mesh, text=(None, None)):
     self._config = config
+    self._mesh = mesh
     self._model = model
     self._workdir = workdir
     self._writer = writer
@@ -41,34 +47,56 @@ class TrainingEvaluator:
                                                                        ()))
     null = model.num_classes
 
-    def sample(params, noise, condition, null, num_steps):
+    self._batch_sharding = mesh_lib.batch_sharding(mesh)
+    shape = self._shape
+
+    def sample(params, seed, start, condition, null, num_steps):
+      key = jax.random.fold_in(jax.random.key(seed), start)
+      noise = jax.random.normal(key, (condition.shape[0],) + shape)
+      noise = jax.lax.with_sharding_constraint(noise, self._batch_sharding)
+      # h: the interval, which only the meanflow sampler passes (an average-velocity model).
       velocity = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
+      # The key feeds the SDE steps (config.sampling.step_fn); ODE steps ignore it.
       return samplers.sample(velocity, noise, condition, null_class=null,
+                             key=jax.random.fold_in(key, 1),
                              **dict(settings, num_steps=num_steps))
 
-    jitted = jax.jit(sample, static_argnums=4)
+    # Replicated out: each process holds every sample (an all-gather over the mesh).
+    jitted = jax.jit(sample, static_argnums=5, out_shardings=mesh_lib.replicated(mesh))
     if model.conditioning == "text":
       null = self._text_encoder.unconditional(self._text_params)
-    self._sample = lambda params, noise, condition, num_steps=settings["num_steps"]: jitted(
-        params, noise, condition, null, num_steps)
+    self._sample = lambda params, seed, start, condition, num_steps=settings["num_steps"]: (
+        jitted(params, np.uint32(seed), np.uint32(start), condition, null, num_steps))
 
-  def _conditions(self, conditions):
-    """Labels as they are; captions through the frozen encoder (B, T, E)."""
+  def _conditions(self, conditions) -> np.ndarray:
+    """Labels as they are (B,); captions through the frozen encoder (B, T, E)."""
     if self._model.conditioning != "text":
-      return jnp.asarray(conditions, jnp.int32)
-    return jnp.asarray(self._text_encoder.encode_texts(self._text_params, list(conditions)))
+      return np.asarray(conditions, np.int32)
+    with mesh_lib.activate(self._mesh):
+      return np.asarray(self._text_encoder.encode_texts(self._text_params, list(conditions)))
 
-  def generate(self, params, conditions, seed: int, chunk: int = 250,
+  def _split_over_mesh(self, host: np.ndarray) -> jax.Array:
+    """The same host array on every process -> one global array, its batch split over
+    the mesh (padded with copies of the last row to a multiple of the batch shards)."""
+    shards = math.prod(self._mesh.shape[a] for a in mesh_lib.BATCH_AXES)
+    padding = -len(host) % shards
+    if padding:
+      host = np.concatenate([host, np.repeat(host[-1:], padding, axis=0)])
+    return jax.make_array_from_callback(host.shape, self._batch_sharding,
+                                        lambda index: host[index])
+
+  def generate(self, params, conditions, seed: int, chunk: int = 256,
                num_steps: int | None = None) -> np.ndarray:
     """(N,) labels or N captions -> (N, H, W, C) float32 samples in model range, fixed
-    noise per seed; num_steps: None = config.sampling.num_steps."""
+    noise per seed; num_steps: None = config.sampling.num_steps. Every process must call
+    it with the same arguments."""
     steps = {} if num_steps is None else dict(num_steps=num_steps)
     out = []
     for start in range(0, len(conditions), chunk):
       part = self._conditions(conditions[start:start + chunk])
-      noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), start),
-                                (len(part),) + self._shape)
-      out.append(np.asarray(self._sample(params, noise, part, **steps)))
+      with mesh_lib.activate(self._mesh):
+        samples = self._sample(params, seed, start, self._split_over_mesh(part), **steps)
+      out.append(np.asarray(samples)[:len(part)])
     return np.concatenate(out)
 
   def _grid_conditions(self):
@@ -108,8 +136,9 @@ class TrainingEvaluator:
 
   def evaluate(self, step: int, params, num_samples: int, final: bool = False) -> dict:
     """Metrics of class-balanced EMA samples: the embedded job's own (the digits judge),
-    or FID and Inception Score when config.fid names Inception weights and reference
-    statistics."""
+    or the ADM suite's FID, sFID, IS, precision and recall when config.fid names
+    Inception weights and a reference (sFID needs its mu_s/sigma_s, precision/recall its
+    images)."""
     fid_config = self._config.fid
     use_fid = bool(fid_config.inception and fid_config.reference)
     if num_samples <= 0 or (self._job is None and not use_fid):
@@ -130,7 +159,7 @@ class TrainingEvaluator:
       from pixnerd_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
       if self._fid_inputs is None:
         variables = fid.inception.load_variables(fid_config.inception)
-        self._fid_inputs = (variables, fid.load_reference_stats(fid_config.reference, variables))
+        self._fid_inputs = (variables, fid.load_reference(fid_config.reference, variables))
       metrics = fid.fid_from_samples(images_lib.to_uint8(samples), *self._fid_inputs)
       name = "fid"
     else:

@@ -30,7 +30,9 @@ from pixnerd_jax.models import text_encoder as text_encoder_lib
 from pixnerd_jax.runtime import host_malloc
 from pixnerd_jax.runtime import mesh as mesh_lib
 from pixnerd_jax.training import checkpoint
+from pixnerd_jax.training import flops as flops_lib
 from pixnerd_jax.training import meanflow_step
+from pixnerd_jax.training import profiling
 from pixnerd_jax.training import repa
 from pixnerd_jax.training import teacher as teacher_lib
 from pixnerd_jax.training import validation
@@ -82,8 +84,21 @@ def create_optimizer(config: ml_collections.ConfigDict):
   adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                       weight_decay=opt.weight_decay)
   if opt.grad_clip_norm and opt.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw), schedule
+    return _clipped(adamw, opt.grad_clip_norm), schedule
   return adamw, schedule
+
+
+def _clipped(tx: optax.GradientTransformation, max_norm: float):
+  """`tx` applied to gradients clipped to global norm `max_norm`, with exactly `tx`'s
+  state: turning clipping on or off keeps the checkpoint's optimizer state, so a run
+  restarts with it (optax.chain would add a state entry)."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(grads, state, params=None):
+    clipped, _ = clip.update(grads, clip.init(grads), params)
+    return tx.update(clipped, state, params)
+
+  return optax.GradientTransformation(tx.init, update)
 
 
 def init_params(model: PixNerDiT, seed: int):
@@ -261,6 +276,14 @@ class TrainProgram:
   teacher_sharding: Any = None
 
 
+def data_conditioning(config: ml_collections.ConfigDict, text_encoder=None) -> dict:
+  """create_train_iterator's conditioning arguments: the text model's tokenizer, or the
+  class model's class count (a source with more classes is refused when built)."""
+  if text_encoder is not None:
+    return {"tokenizer": text_encoder}
+  return {"num_classes": int(config.model.num_classes)}
+
+
 def text_encoder_for_run(config: ml_collections.ConfigDict, workdir: str):
   """(encoder, params) of a text-to-image run, loaded as sampling will load them: from
   config.text_encoder.path, or from the stand-in this run writes to its workdir."""
@@ -364,6 +387,15 @@ def _closed_on_error(manager):
     raise
 
 
+def sum_over_processes(value: int) -> int:
+  """The sum of an int over all processes (each counts its own share of the data); a
+  collective: all processes call it at the same steps."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.sum(multihost_utils.process_allgather(np.int64(value))))
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
   stacked = jax.device_get(history)
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
@@ -396,9 +428,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   parameter_overview.log_parameter_overview(state.params)
   logging.info("Model: %s parameters", f"{count_params(state.params):,}")
 
-  tokenizer = {"tokenizer": text_encoder} if text_encoder is not None else {}
   train_iter = data_lib.create_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed, **tokenizer)
+      config.data, global_batch_size=config.batch_size, seed=config.seed,
+      sharding=program.batch_sharding, **data_conditioning(config, text_encoder))
   manager = checkpoint.create_manager(workdir, config)
   restored_step, state, train_iter = checkpoint.restore_latest(manager, state, train_iter)
   if restored_step is not None:
@@ -427,11 +459,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if initial_step == 0:
     writer.write_hparams(validation.flat_hparams(config))
 
-  evaluator = TrainingEvaluator(config, program.model, workdir, writer,
+  evaluator = TrainingEvaluator(config, program.model, workdir, writer, mesh,
                                 text=(text_encoder, frozen_params.get("text")))
 
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                            writer=writer, every_steps=config.log_every)
+  profile = profiling.ProfileWindow(config.get("profile"), workdir)
+  step_flops = None
   history, pending_losses, skipped = [], [], 0
   data_wait, log_start, log_step = 0.0, time.perf_counter(), initial_step
   step = initial_step
@@ -443,10 +477,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       skipped += int(local_batch.pop(data_lib.NUM_SKIPPED_KEY, 0))
       batch = data_lib.make_global_batch(local_batch, program.batch_sharding,
                                          keys=program.batch_keys)
+      profile.before_step(step)
       state, metrics = program.step(state, batch, frozen_params)
+      profile.after_step(step, metrics)
       if step == initial_step + 1:
         # The compile is done: hand back what it left free (a no-op off the CPU backend).
         host_malloc.release_free_memory()
+        step_flops = flops_lib.for_train_step(program, config, state, batch, frozen_params)
       history.append(metrics)
       pending_losses.append((step, metrics["loss"]))
       report(step)
@@ -460,7 +497,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         scalars.update({
             "images_per_sec": config.batch_size * (step - log_step) / elapsed,
             "data_wait_fraction": data_wait / elapsed,
-            "skipped_examples": float(skipped),
+            "skipped_examples": float(sum_over_processes(skipped)),
+            **step_flops.tflops_and_mfu((step - log_step) / elapsed),
         })
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         history, data_wait, log_start, log_step = [], 0.0, time.perf_counter(), step
@@ -475,6 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if config.eval_every and step % config.eval_every == 0 and not last:
         evaluator.evaluate(step, state.ema_params, config.eval_num_samples)
 
+  profile.stop()
   checkpoint.wait_until_saved(manager, step)
   if step == config.num_train_steps and not preemption.requested:
     if config.final_eval_num_samples:

@@ -10,7 +10,8 @@ from pixnerd_jax.models.pixnerd import REMAT_POLICIES
 
 CLASS_DATASETS = ("digits", "tfds", "folder")
 CAPTION_DATASETS = ("digits_captions", "caption_folder", "caption_tar", "tfds_captions")
-DATASETS = CLASS_DATASETS + CAPTION_DATASETS
+SYNTHETIC = "synthetic"  # either kind: labels or one caption's tokens
+DATASETS = CLASS_DATASETS + CAPTION_DATASETS + (SYNTHETIC,)
 DIGITS_CLASSES = 10
 
 
@@ -65,19 +66,30 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
   _check(conditioning in ("class", "text"), "model.conditioning", conditioning,
          "unknown conditioning", "use 'class' (labels) or 'text' (captions)")
   if conditioning == "text":
-    _check(d.name in CAPTION_DATASETS, "data.name", d.name,
+    _check(d.name in CAPTION_DATASETS + (SYNTHETIC,), "data.name", d.name,
            "this dataset has class labels, but model.conditioning='text' trains on captions",
            f"use a captioned source, one of {CAPTION_DATASETS}, or a class-conditional "
            "model config")
     _validate_text_encoder(config)
   else:
-    _check(d.name in CLASS_DATASETS, "data.name", d.name,
+    _check(d.name in CLASS_DATASETS + (SYNTHETIC,), "data.name", d.name,
            "this dataset has captions, but model.conditioning='class' trains on labels",
            f"use one of {CLASS_DATASETS}, or a text-to-image model config "
            "(e.g. configs/digits_t2i.py)")
   if d.name == "digits" and conditioning == "class":
     _check(m.num_classes == DIGITS_CLASSES, "model.num_classes", m.num_classes,
            "the digits dataset has 10 classes", "set --config.model.num_classes=10")
+  if d.name == SYNTHETIC and conditioning == "class":
+    classes = d.get("synthetic_num_classes", 10)
+    _check(0 < classes <= m.num_classes, "data.synthetic_num_classes", classes,
+           f"synthetic labels must be classes of the model (1..{m.num_classes})",
+           f"set it to at most model.num_classes={m.num_classes}")
+  profile = config.get("profile")
+  if profile is not None:
+    _check(profile.start_step >= 0, "profile.start_step", profile.start_step,
+           "negative", "use 0 (no trace) or the first step to trace")
+    _check(profile.num_steps >= 1, "profile.num_steps", profile.num_steps,
+           "must trace at least one step", "use 1 or more (3-5 is typical)")
 
   devices, processes = jax.device_count(), jax.process_count()
   _check(config.batch_size > 0 and config.batch_size % devices == 0, "batch_size",
@@ -154,7 +166,8 @@ def _validate_text_encoder(config: ml_collections.ConfigDict) -> None:
            "a text-to-image model needs a text encoder",
            "pass --config.text_encoder.path=<local Qwen3 folder>, or "
            "--config.text_encoder.stand_in=True for a random stand-in (digits_captions)")
-    _check(config.data.name == "digits_captions", "text_encoder.stand_in", te.stand_in,
+    _check(config.data.name in ("digits_captions", SYNTHETIC), "text_encoder.stand_in",
+           te.stand_in,
            f"a stand-in builds its tokenizer from a known caption vocabulary, which "
            f"data.name={config.data.name!r} does not have",
            "use a real encoder with --config.text_encoder.path")
