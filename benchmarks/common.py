@@ -84,7 +84,7 @@ def cfg_euler_step(model, t: float = 0.5, dt: float = 0.01, guidance: float = 3.
 
   @jax.jit
   def step(params, x, labels):
-    velocity_fn = lambda x, t, y: model.apply({"params": params}, x, t, y)
+    velocity_fn = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
     v = samplers.guided_velocity(velocity_fn, x, jnp.float32(t), labels,
                                  null_class=model.num_classes, guidance=guidance,
                                  interval=(0.1, 1.0), skip_unguided=False)

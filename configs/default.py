@@ -88,7 +88,7 @@ def get_config():
 
   # Sampler used for image grids and evaluation (EMA weights).
   config.sampling = ml_collections.ConfigDict(dict(
-      sampler="euler",        # euler | heun | adamlm
+      sampler="euler",        # euler | heun | adamlm | meanflow (average-velocity models)
       order=2,                # adamlm order (1-4)
       num_steps=50,
       guidance=2.0,
@@ -121,6 +121,31 @@ def get_config():
   # `python -m pixnerd_jax.evaluation.inception`) and reference statistics (an ADM
   # VIRTUAL_*.npz with mu/sigma, or an .npz of images). Empty: no FID.
   config.fid = ml_collections.ConfigDict(dict(inception="", reference=""))
+
+  # MeanFlow (average-velocity) training instead of flow matching; needs
+  # model.average_velocity. (t, h): two logit-normal (or uniform) draws, t the smaller,
+  # h = 0 for equal_fraction of the batch; loss weight 1 / (L + loss_eps)^loss_power.
+  # Guidance is trained in: omega, kappa on [guidance_interval_min, max] (from data), or,
+  # with `teacher` (a training workdir, whose EMA params are read with config.model, or a
+  # params checkpoint from `convert checkpoint`), the frozen teacher's CFG velocity with
+  # teacher_guidance on its strict interval; the student starts from the teacher.
+  config.meanflow = ml_collections.ConfigDict(dict(
+      enabled=False,
+      time_distribution="logit_normal",
+      time_mean=0.4,
+      time_std=1.0,
+      equal_fraction=0.75,
+      loss_power=1.0,
+      loss_eps=0.01,
+      omega=1.0,
+      kappa=0.0,
+      guidance_interval_min=0.0,
+      guidance_interval_max=1.0,
+      teacher="",
+      teacher_guidance=1.0,
+      teacher_guidance_interval_min=0.0,
+      teacher_guidance_interval_max=1.0,
+  ))
 
   # A params checkpoint (from `convert checkpoint` or a training run) to start from.
   config.init_from = ""

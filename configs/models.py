@@ -60,6 +60,9 @@ def get(name: str = "XL/16", **overrides) -> ml_collections.ConfigDict:
       remat_policy="none",
       # One nn.scan over the DiT blocks (stacked params): compiles one block, not 26.
       scan_blocks=False,
+      # MeanFlow's average-velocity model (a second, zero-initialised timestep embedder
+      # for the interval h); set by the meanflow configs.
+      average_velocity=False,
   ))
   if name in _TEXT:
     cfg.conditioning = "text"

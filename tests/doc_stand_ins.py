@@ -191,6 +191,12 @@ def digits_workdir(path: pathlib.Path) -> bool:
   return _checkpoint_at_step_1(path, digits.get_config(), seed=5)
 
 
+def digits_meanflow_workdir(path: pathlib.Path) -> bool:
+  """A training workdir of configs/digits_meanflow.py (step 1, random params)."""
+  from configs import digits_meanflow  # pylint: disable=g-import-not-at-top
+  return _checkpoint_at_step_1(path, digits_meanflow.get_config(), seed=6)
+
+
 def _checkpoint_at_step_1(path: pathlib.Path, config, seed: int, tokenizer=None) -> bool:
   """Writes a checkpoint of step 1 with random params to the workdir `path`."""
   from pixnerd_jax import data, models  # pylint: disable=g-import-not-at-top

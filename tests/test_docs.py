@@ -76,6 +76,7 @@ STAND_INS = {
     # The quick start's output (15 minutes of training), read by `sample`.
     "workdirs/digits": doc_stand_ins.digits_workdir,
     "workdirs/digits_t2i": doc_stand_ins.digits_t2i_workdir,
+    "workdirs/digits_mf": doc_stand_ins.digits_meanflow_workdir,
     # Text-to-image prompt sources: a prompt file, GenEval's metadata.
     "prompts.txt": doc_stand_ins.prompt_file,
     "evaluation_metadata_rephrased.jsonl": doc_stand_ins.geneval_metadata,
@@ -134,6 +135,9 @@ RUNS = (
          ("--dry_run", _model_of("converted/xl256")), DRY_RUN_OK, needs=_needs_data_source,
          why="training takes days; the converted checkpoint comes from the tiny stand-in "
              "official checkpoint, so config.model is set to its architecture"),
+    Rule(r"^python -m pixnerd_jax\.main .*--config\.meanflow\.teacher=converted/xl256\b",
+         ("--dry_run", _model_of("converted/xl256")), DRY_RUN_OK, needs=_needs_data_source,
+         why="distillation takes days; the student gets the stand-in teacher's architecture"),
     Rule(r"^python -m pixnerd_jax\.main ", ("--dry_run",), DRY_RUN_OK,
          needs=_needs_data_source,
          why="training takes hours to days; the dry run loads, reads and traces everything"),

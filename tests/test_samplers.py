@@ -356,7 +356,9 @@ def test_forward_cost_counts_the_calls_actually_made(sampler, exact):
 
 
 def test_skipping_the_unconditional_half_does_not_change_samples():
-  velocity = lambda x, t, y: x * (y[:, None, None, None] + 1.0) * t[:, None, None, None]
+  # h: the interval, which the meanflow sampler passes (its model's average velocity).
+  velocity = lambda x, t, y, h=0.0: x * (y[:, None, None, None] + 1.0) * (
+      t + 0.5 * h)[:, None, None, None]
   noise = jax.random.normal(jax.random.key(6), (3, 2, 2, 1))
   kw = dict(num_steps=20, guidance=2.0, guidance_interval=(0.3, 0.8), null_class=4)
   for sampler in samplers.SAMPLERS:

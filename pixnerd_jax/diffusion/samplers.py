@@ -9,6 +9,10 @@ starting noise to t = 1 on the reference grid (`time_grid`). All are pure functi
   heun    predictor-corrector, last step Euler (spec 5.2), one model call per step
           (the corrector's velocity is reused as the next predictor's) or two (`exact`).
   adamlm  Adams-Bashforth with Lagrange-interpolation coefficients, orders 1-4 (5.3).
+  meanflow  few-step sampling of an average-velocity model (diffusion/meanflow.py):
+          x <- x + h U(x, t, h) over each grid step h, 1 model call per step. Its
+          guidance is trained in, so it runs without CFG (guidance 1); guidance != 1
+          mixes average velocities as CFG mixes velocities.
 
 Conditions: `labels` is any per-sample condition, (B,) class ids or (B, T, E) text
 features; `null_class` the unconditional one, broadcast to it: the null label (an int) or
@@ -30,10 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 # velocity_fn(x (B, H, W, C), t (B,), y) -> velocity (B, H, W, C); y is the condition:
-# (B,) class labels, or (B, T, E) text features for the text-to-image model.
-VelocityFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# (B,) class labels, or (B, T, E) text features for the text-to-image model. The
+# meanflow sampler also passes h (B,), the interval: velocity_fn(x, t, y, h).
+VelocityFn = Callable[..., jax.Array]
 
-SAMPLERS = ("euler", "heun", "adamlm")
+SAMPLERS = ("euler", "heun", "adamlm", "meanflow")
 MAX_ADAMS_ORDER = 4
 
 
@@ -357,7 +362,33 @@ def adamlm_sample(velocity_fn: VelocityFn, noise, labels, *, num_steps: int,
   return (x, trajectory) if return_trajectory else x
 
 
-_SAMPLE_FNS = {"euler": euler_sample, "heun": heun_sample, "adamlm": adamlm_sample}
+def meanflow_sample(velocity_fn: VelocityFn, noise, labels, *, num_steps: int,
+                    guidance: float = 1.0,
+                    guidance_interval: tuple[float, float] = (0.0, 1.0),
+                    timeshift: float = 1.0, last_step: float | None = None, null_class,
+                    skip_unguided: bool = True, return_trajectory: bool = False):
+  """Few-step sampling with an average-velocity model: x_{i+1} = x_i + h_i U(x_i, t_i, h_i)
+  on the reference grid (`time_grid`; 1 step: x_1 = x_0 + U(x_0, 0, 1)).
+
+  Args/Returns: as `euler_sample`; velocity_fn takes (x, t, y, h).
+  """
+  ts = jnp.asarray(time_grid(num_steps, last_step, timeshift))
+
+  def step(x, inputs):
+    t_cur, t_next = inputs
+    h = t_next - t_cur
+    # guided_velocity doubles the batch for CFG; h is the same for every row.
+    average = lambda x, t, y: velocity_fn(x, t, y, jnp.full(t.shape, h, jnp.float32))
+    u = guided_velocity(average, x, t_cur, labels, null_class=null_class, guidance=guidance,
+                        interval=guidance_interval, skip_unguided=skip_unguided)
+    return x + h * u, (x if return_trajectory else None)
+
+  x, trajectory = jax.lax.scan(step, noise.astype(jnp.float32), (ts[:-1], ts[1:]))
+  return (x, trajectory) if return_trajectory else x
+
+
+_SAMPLE_FNS = {"euler": euler_sample, "heun": heun_sample, "adamlm": adamlm_sample,
+               "meanflow": meanflow_sample}
 
 
 def sample(velocity_fn: VelocityFn, noise, labels, *, sampler: str = "euler",
@@ -373,7 +404,7 @@ def sample(velocity_fn: VelocityFn, noise, labels, *, sampler: str = "euler",
     noise: (B, H, W, C) starting point (t = 0).
     labels: (B,) int class ids or (B, T, E) text features; `null_class` is the
       unconditional label, or the empty prompt's features (1, T, E).
-    sampler: "euler" | "heun" | "adamlm".
+    sampler: "euler" | "heun" | "adamlm" | "meanflow" (an average-velocity model).
     order: AdamLM order (1..4). exact_heun: Heun without velocity reuse.
     step_fn, key: Euler's step ("ode", "sde_mean", "sde", "sde_preserve") and its noise.
   Returns:
@@ -391,6 +422,8 @@ def sample(velocity_fn: VelocityFn, noise, labels, *, sampler: str = "euler",
     return euler_sample(velocity_fn, noise, labels, step_fn=step_fn, key=key, **common)
   if sampler == "heun":
     return heun_sample(velocity_fn, noise, labels, exact=exact_heun, **common)
+  if sampler == "meanflow":
+    return meanflow_sample(velocity_fn, noise, labels, **common)
   return adamlm_sample(velocity_fn, noise, labels, order=order, **common)
 
 
@@ -432,7 +465,7 @@ def call_times(sampler: str, num_steps: int, last_step: float | None = None,
                timeshift: float = 1.0, exact_heun: bool = False) -> np.ndarray:
   """float32 times of the model calls a sampler makes, in order."""
   ts = time_grid(num_steps, last_step, timeshift)
-  if sampler == "euler":
+  if sampler in ("euler", "meanflow"):
     return ts[:-1]
   if sampler == "adamlm":
     return adams_times(ts)

@@ -49,7 +49,7 @@ def dot_product_attention(q, k, v, *, implementation: str | None = None, kv_mask
                      f"{IMPLEMENTATIONS}.")
   if implementation == "splash":
     return splash_attention(q, k, v, kv_mask=kv_mask)
-  if implementation is None and platform.target_platform() == "cpu":
+  if implementation is None and platform.custom_cpu_backward():
     return cpu_attention(q, k, v, kv_mask)
   mask = None if kv_mask is None else kv_mask[:, None, None, :]
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)

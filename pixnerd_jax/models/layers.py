@@ -66,7 +66,7 @@ def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
   backward of _matmul_cpu_backward (same forward, same maths)."""
   wide = min(rhs.shape) >= _CPU_KERNEL_GRAD_MIN_FEATURES
   if lhs.ndim == 2 and precision is None and not kwargs and wide and (
-      platform.target_platform() == "cpu"):
+      platform.custom_cpu_backward()):
     return _matmul_cpu_backward(lhs, rhs)
   return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
 
@@ -148,10 +148,15 @@ def timestep_frequencies(t, dim: int = 256, max_period: float = 10.0):
 
 
 class TimestepEmbedder(nn.Module):
-  """t (B,) -> (B, hidden_size): sinusoidal features then a 2-layer SiLU MLP."""
+  """t (B,) -> (B, hidden_size): sinusoidal features then a 2-layer SiLU MLP.
+
+  zero_output: the last layer starts at zero (kernel and bias), so the embedder adds
+  nothing until trained (MeanFlow's interval embedder on a flow-matching model).
+  """
   hidden_size: int
   frequency_size: int = 256
   max_period: float = 10.0
+  zero_output: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -162,6 +167,8 @@ class TimestepEmbedder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=normal)
     h = torch_dense(self.hidden_size, self.frequency_size, axes=("freq", "embed"), name="mlp_0",
                     **kw)(emb)
+    if self.zero_output:
+      kw.update(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
     return torch_dense(self.hidden_size, self.hidden_size, axes=("embed_in", "embed"),
                        name="mlp_2", **kw)(nn.silu(h))
 

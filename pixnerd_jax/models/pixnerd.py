@@ -157,8 +157,28 @@ def unstack_dit_blocks(params):
   return params
 
 
+INTERVAL_EMBEDDER = "h_embedder"
+
+
+def interval_embedder_params(model: "PixNerDiT", seed: int = 0):
+  """Fresh params of the average-velocity model's interval embedder: the first layer
+  initialised as usual, the output layer zero. (An all-zero embedder would never train:
+  silu(0) = 0 feeds the zero output layer, so neither layer gets a gradient.)"""
+  embedder = layers.TimestepEmbedder(model.hidden_size, zero_output=True,
+                                     param_dtype=model.param_dtype)
+  variables = embedder.init(jax.random.key(seed), jnp.zeros((1,), jnp.float32))
+  return nn.meta.unbox(variables["params"])
+
+
 def params_for_model(params, model: "PixNerDiT"):
-  """Params in either block layout, rearranged to the one `model` expects."""
+  """Params in either block layout, rearranged to the one `model` expects.
+
+  A flow-matching checkpoint loaded into an average-velocity model gets the interval
+  embedder with its output layer at zero, so the model starts as the checkpoint:
+  u(z, t, h=0) = v(z, t), and for every h until the embedder has trained.
+  """
+  if model.average_velocity and INTERVAL_EMBEDDER not in params:
+    params = dict(params, **{INTERVAL_EMBEDDER: interval_embedder_params(model)})
   if model.scan_blocks:
     return stack_dit_blocks(params, model.num_cond_blocks)
   return unstack_dit_blocks(params)
@@ -225,6 +245,12 @@ class PixNerDiT(nn.Module):
     scan_blocks: run the DiT trunk as one nn.scan over a block whose params are stacked
       on a leading 'layers' axis (`dit_blocks/block/...`): one block is compiled instead
       of num_cond_blocks. `params_for_model` converts between the two layouts.
+    average_velocity: MeanFlow's average-velocity model (diffusion/meanflow.py): a second
+      timestep embedder (`h_embedder`, output layer zero-initialised) embeds the interval
+      h = r - t (r >= t the cleaner time) and is summed with the time embedding, so it
+      reaches the adaLN conditions and the field's silu(t_emb + s). The model then
+      predicts the average velocity over [t, t + h]; at h = 0 the velocity, and, fresh
+      from a flow-matching checkpoint, exactly that checkpoint's velocity.
     dtype: compute dtype; params stay in `param_dtype`.
   """
   in_channels: int = 3
@@ -248,6 +274,7 @@ class PixNerDiT(nn.Module):
   attention_implementation: str | None = None
   remat_policy: str = "none"
   scan_blocks: bool = False
+  average_velocity: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -256,10 +283,11 @@ class PixNerDiT(nn.Module):
     return self.conditioning == "text"
 
   @nn.compact
-  def __call__(self, x, t, y):
+  def __call__(self, x, t, y, h=None):
     """x: (B, H, W, C) noisy image, t: (B,) in [0, 1] (1 = data); y: (B,) int labels
-    (num_classes = null) or (B, txt_max_length, txt_embed_dim) text features.
-    Returns the velocity, (B, H, W, C) in `dtype`."""
+    (num_classes = null) or (B, txt_max_length, txt_embed_dim) text features; h: (B,)
+    interval toward the data (average_velocity models only; None = 0).
+    Returns the velocity (the average velocity over [t, t + h]), (B, H, W, C) in `dtype`."""
     if self.conditioning not in CONDITIONINGS:
       raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got "
                        f"{self.conditioning!r}.")
@@ -271,7 +299,16 @@ class PixNerDiT(nn.Module):
     grid_h, grid_w = enc_h // p, enc_w // p
     head_dim = self.hidden_size // self.num_groups
     tokens = patchify(trunk_x, p)
-    t_emb = layers.TimestepEmbedder(self.hidden_size, name="t_embedder", **kw)(t)[:, None]
+    t_emb = layers.TimestepEmbedder(self.hidden_size, name="t_embedder", **kw)(t)
+    if self.average_velocity:
+      h = jnp.zeros_like(t) if h is None else h
+      t_emb = t_emb + layers.TimestepEmbedder(self.hidden_size, zero_output=True,
+                                              name=INTERVAL_EMBEDDER, **kw)(h)
+    elif h is not None:
+      raise ValueError("An interval h (the meanflow sampler or objective) needs an "
+                       "average-velocity model: set config.model.average_velocity=True and "
+                       "train it with config.meanflow (configs/digits_meanflow.py).")
+    t_emb = t_emb[:, None]
 
     context = None
     if self.text_conditioned:

@@ -128,7 +128,7 @@ def _cached_sample_fn(model, settings: tuple, image_shape: tuple, mesh: Mesh):
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
     noise = jax.vmap(lambda k: jax.random.normal(k, image_shape, jnp.float32))(keys)
     sde_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    velocity = lambda x, t, y: model.apply({"params": params}, x, t, y)
+    velocity = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
     return samplers.sample(velocity, noise, labels, key=sde_keys,
                            null_class=model.num_classes, **settings)
 

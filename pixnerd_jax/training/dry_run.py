@@ -30,6 +30,7 @@ from pixnerd_jax import data as data_lib
 from pixnerd_jax import models
 from pixnerd_jax.training import repa
 from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.training import teacher as teacher_lib
 from pixnerd_jax.training import train as train_lib
 from pixnerd_jax.training import validation
 
@@ -125,6 +126,8 @@ def _start(config, workdir: str, program: train_lib.TrainProgram) -> str:
         epath.Path(workdir).absolute() / "checkpoints", step, program.state_shapes)
     return (f"resumes from the checkpoint of step {step} (params and optimizer state match "
             "the config)")
+  if program.teacher is not None:
+    return f"params and EMA from the teacher {config.meanflow.teacher}"
   if config.init_from:
     _, params = checkpoint.load_params(config.init_from)
     checkpoint.match_params(models.params_for_model(params, program.model),
@@ -201,6 +204,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, compile_step: bool = 
          f"max_length {config.text_encoder.max_length}")
   frozen = abstract(frozen, mesh_lib.replicated(mesh))
   program = train_lib.build_train_program(config, mesh, dino_model, encoder)
+  if program.teacher is not None:
+    _, teacher_params, source = teacher_lib.load_teacher(config)
+    checkpoint.match_params(models.params_for_model(teacher_params, program.model),
+                            program.state_shapes.params, config.meanflow.teacher)
+    frozen["teacher"] = abstract(teacher_params, program.teacher_sharding)
+    line("MeanFlow teacher", f"{source}: {models.count_params(teacher_params):,} params, "
+         f"CFG {config.meanflow.teacher_guidance} on "
+         f"({config.meanflow.teacher_guidance_interval_min}, "
+         f"{config.meanflow.teacher_guidance_interval_max}); the student starts from it")
   shapes = program.state_shapes
   num_params = models.count_params(shapes.params)
   m = config.model

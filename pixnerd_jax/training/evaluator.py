@@ -42,26 +42,32 @@ class TrainingEvaluator:
     self._text_encoder, self._text_params = text
     self._shape = (config.data.resolution, config.data.resolution, model.in_channels)
     settings = samplers.settings_from_config(config.sampling)
+    # Metrics also at these step counts (e.g. a few-step sampler's 2 and 4), named
+    # <metric>_<n>_steps.
+    self._extra_num_steps = tuple(int(n) for n in config.sampling.get("extra_eval_num_steps",
+                                                                       ()))
     null = model.num_classes
 
     self._batch_sharding = mesh_lib.batch_sharding(mesh)
     shape = self._shape
 
-    def sample(params, seed, start, condition, null):
+    def sample(params, seed, start, condition, null, num_steps):
       key = jax.random.fold_in(jax.random.key(seed), start)
       noise = jax.random.normal(key, (condition.shape[0],) + shape)
       noise = jax.lax.with_sharding_constraint(noise, self._batch_sharding)
-      velocity = lambda x, t, y: model.apply({"params": params}, x, t, y)
+      # h: the interval, which only the meanflow sampler passes (an average-velocity model).
+      velocity = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
       # The key feeds the SDE steps (config.sampling.step_fn); ODE steps ignore it.
       return samplers.sample(velocity, noise, condition, null_class=null,
-                             key=jax.random.fold_in(key, 1), **settings)
+                             key=jax.random.fold_in(key, 1),
+                             **dict(settings, num_steps=num_steps))
 
     # Replicated out: each process holds every sample (an all-gather over the mesh).
-    jitted = jax.jit(sample, out_shardings=mesh_lib.replicated(mesh))
+    jitted = jax.jit(sample, static_argnums=5, out_shardings=mesh_lib.replicated(mesh))
     if model.conditioning == "text":
       null = self._text_encoder.unconditional(self._text_params)
-    self._sample = lambda params, seed, start, condition: jitted(
-        params, np.uint32(seed), np.uint32(start), condition, null)
+    self._sample = lambda params, seed, start, condition, num_steps=settings["num_steps"]: (
+        jitted(params, np.uint32(seed), np.uint32(start), condition, null, num_steps))
 
   def _conditions(self, conditions) -> np.ndarray:
     """Labels as they are (B,); captions through the frozen encoder (B, T, E)."""
@@ -80,14 +86,17 @@ class TrainingEvaluator:
     return jax.make_array_from_callback(host.shape, self._batch_sharding,
                                         lambda index: host[index])
 
-  def generate(self, params, conditions, seed: int, chunk: int = 256) -> np.ndarray:
+  def generate(self, params, conditions, seed: int, chunk: int = 256,
+               num_steps: int | None = None) -> np.ndarray:
     """(N,) labels or N captions -> (N, H, W, C) float32 samples in model range, fixed
-    noise per seed. Every process must call it with the same arguments."""
+    noise per seed; num_steps: None = config.sampling.num_steps. Every process must call
+    it with the same arguments."""
+    steps = {} if num_steps is None else dict(num_steps=num_steps)
     out = []
     for start in range(0, len(conditions), chunk):
       part = self._conditions(conditions[start:start + chunk])
       with mesh_lib.activate(self._mesh):
-        samples = self._sample(params, seed, start, self._split_over_mesh(part))
+        samples = self._sample(params, seed, start, self._split_over_mesh(part), **steps)
       out.append(np.asarray(samples)[:len(part)])
     return np.concatenate(out)
 
@@ -153,6 +162,11 @@ class TrainingEvaluator:
     else:
       conditions = labels = np.arange(num_samples) % self._model.num_classes
     samples = self.generate(params, conditions, seed=self._config.seed + 2)
+    extra = {}
+    if self._job is not None:
+      for n in self._extra_num_steps:
+        more = self.generate(params, conditions, seed=self._config.seed + 2, num_steps=n)
+        extra.update({f"{k}_{n}_steps": v for k, v in self._job.metrics(more, labels).items()})
     if use_fid:
       from pixnerd_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
       if self._fid_inputs is None:
@@ -161,7 +175,7 @@ class TrainingEvaluator:
       metrics = fid.fid_from_samples(images_lib.to_uint8(samples), *self._fid_inputs)
       name = "fid"
     else:
-      metrics = self._job.metrics(samples, labels)
+      metrics = dict(self._job.metrics(samples, labels), **extra)
       name = self._job.name
     prefix = "final" if final else "eval"
     self._writer.write_scalars(step, {f"{prefix}/{name}_{k}": v for k, v in metrics.items()})

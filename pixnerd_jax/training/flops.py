@@ -107,12 +107,26 @@ def forward_flops(model_fields, batch: int, height: int, width: int) -> dict[str
 
 
 def train_step_flops(model_fields, batch: int, height: int, width: int,
-                     frozen_forward: float = 0.0) -> float:
+                     frozen_forward: float = 0.0, extra_forwards: float = 0.0) -> float:
   """Analytic FLOPs of one train step over the global batch: forward + backward (twice
-  the forward: gradients of inputs and of weights) of the model, plus the forward of
-  frozen networks (REPA's DINOv2, the text encoder) given as `frozen_forward`."""
-  return 3.0 * sum(forward_flops(model_fields, batch, height, width).values()) + float(
-      frozen_forward)
+  the forward: gradients of inputs and of weights) of the model, plus `extra_forwards`
+  more model forwards without gradient (MeanFlow's target pass and guidance), plus the
+  forward of frozen networks (REPA's DINOv2, the text encoder) given as
+  `frozen_forward`."""
+  return (3.0 + extra_forwards) * sum(
+      forward_flops(model_fields, batch, height, width).values()) + float(frozen_forward)
+
+
+def meanflow_extra_forwards(meanflow_config) -> float:
+  """Model forwards a MeanFlow step adds to flow matching's: the target's JVP (the
+  primal and the tangent, about two forwards) and, with a teacher or with omega/kappa
+  guidance, a doubled [cond; uncond] forward (two more; a teacher of another size is
+  counted at the student's size)."""
+  if not meanflow_config.get("enabled", False):
+    return 0.0
+  guided = bool(meanflow_config.get("teacher")) or not (
+      meanflow_config.omega == 1.0 and meanflow_config.kappa == 0.0)
+  return 2.0 + (2.0 if guided else 0.0)
 
 
 def frozen_forward_flops(params, tokens: int) -> float:
@@ -171,7 +185,7 @@ class StepFlops:
 
 def count_step_flops(compiled, model_fields, *, global_batch: int, height: int,
                      width: int, num_devices: int, device_kind: str,
-                     frozen_forward: float = 0.0) -> StepFlops:
+                     frozen_forward: float = 0.0, extra_forwards: float = 0.0) -> StepFlops:
   """The FLOPs one device does per train step: XLA's count of `compiled` unless the model
   hides FLOPs from it (xla_undercounts), then the analytic count spread over the devices."""
   reason = xla_undercounts(model_fields)
@@ -179,7 +193,8 @@ def count_step_flops(compiled, model_fields, *, global_batch: int, height: int,
   if counted:
     source = "XLA cost analysis"
   else:
-    analytic = train_step_flops(model_fields, global_batch, height, width, frozen_forward)
+    analytic = train_step_flops(model_fields, global_batch, height, width, frozen_forward,
+                                extra_forwards)
     counted = analytic / num_devices
     source = (f"analytic count: {reason} hides FLOPs from XLA's cost analysis" if reason
               else "analytic count: XLA gave no cost analysis")
@@ -202,4 +217,5 @@ def for_train_step(program, config, state, batch, frozen_params) -> StepFlops:
   return count_step_flops(compiled, config.model, global_batch=config.batch_size,
                           height=resolution, width=resolution,
                           num_devices=program.mesh.devices.size,
-                          device_kind=jax.devices()[0].device_kind, frozen_forward=frozen)
+                          device_kind=jax.devices()[0].device_kind, frozen_forward=frozen,
+                          extra_forwards=meanflow_extra_forwards(config.meanflow))

@@ -31,10 +31,12 @@ from pixnerd_jax.runtime import host_malloc
 from pixnerd_jax.runtime import mesh as mesh_lib
 from pixnerd_jax.training import checkpoint
 from pixnerd_jax.training import flops as flops_lib
+from pixnerd_jax.training import meanflow_step
 from pixnerd_jax.training import profiling
 from pixnerd_jax.training import progress
 from pixnerd_jax.training import repa
 from pixnerd_jax.training import run_record
+from pixnerd_jax.training import teacher as teacher_lib
 from pixnerd_jax.training import validation
 from pixnerd_jax.training.evaluator import TrainingEvaluator
 
@@ -53,6 +55,11 @@ class TrainState:
 def create_model(config: ml_collections.ConfigDict) -> PixNerDiT:
   features_after = config.repa.align_layer if config.repa.enabled else None
   return build_model(config.model, features_after_block=features_after)
+
+
+def uses_teacher(config: ml_collections.ConfigDict) -> bool:
+  """MeanFlow distillation: config.meanflow.teacher names a frozen flow-matching model."""
+  return bool(config.meanflow.enabled and config.meanflow.teacher)
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int):
@@ -122,7 +129,7 @@ def step_rng(seed: int, step):
 
 
 def text_condition(rng, batch: dict, text_params, *, text_encoder, empty_prompt: dict,
-                   dropout: float):
+                   dropout: float, return_dropped: bool = False):
   """Caption dropout, then the frozen encoder: (B, T, E) text features for the model.
 
   A dropped caption becomes the empty prompt's tokens before encoding, which gives
@@ -130,32 +137,57 @@ def text_condition(rng, batch: dict, text_params, *, text_encoder, empty_prompt:
   Args:
     batch: 'input_ids', 'attention_mask' (B, T) int32.
     empty_prompt: the tokenized "" ('input_ids', 'attention_mask' (1, T)).
+    return_dropped: also return which captions were dropped, (B,) bool.
   """
   ids, mask = batch["input_ids"], batch["attention_mask"]
   drop = jax.random.uniform(rng, (ids.shape[0], 1)) < dropout
   ids = jnp.where(drop, jnp.asarray(empty_prompt["input_ids"], ids.dtype), ids)
   mask = jnp.where(drop, jnp.asarray(empty_prompt["attention_mask"], mask.dtype), mask)
-  return text_encoder.encode(text_params, ids, mask)
+  features = text_encoder.encode(text_params, ids, mask)
+  return (features, drop[:, 0]) if return_dropped else features
+
+
+def _meanflow_loss_fn(rng, state, batch, frozen_params, *, model, config, text_encoder,
+                      empty_prompt, teacher):
+  """The MeanFlow loss_fn of this batch: conditions after dropout, then the objective."""
+  if text_encoder is not None:
+    condition, dropped = text_condition(
+        jax.random.fold_in(rng, 2), batch, frozen_params["text"], text_encoder=text_encoder,
+        empty_prompt=empty_prompt, dropout=config.text_encoder.caption_dropout,
+        return_dropped=True)
+    null = text_encoder.encode(frozen_params["text"], empty_prompt["input_ids"],
+                               empty_prompt["attention_mask"])
+  else:
+    null = model.num_classes
+    condition = objective.drop_labels(jax.random.fold_in(rng, 2), batch["label"],
+                                      probability=config.diffusion.label_dropout,
+                                      null_class=null)
+    dropped = condition == null
+  return meanflow_step.make_loss_fn(
+      rng, state.params, batch["image"], condition, dropped, null, model=model, config=config,
+      teacher=teacher, teacher_params=frozen_params.get("teacher"))
 
 
 def train_step(state: TrainState, batch: dict, frozen_params=None, *, model: PixNerDiT, tx,
                schedule, config: ml_collections.ConfigDict,
                make_aux_loss: Callable | None = None, text_encoder=None,
-               empty_prompt: dict | None = None) -> tuple[TrainState, dict]:
+               empty_prompt: dict | None = None,
+               teacher: PixNerDiT | None = None) -> tuple[TrainState, dict]:
   """One optimizer update; pure, meant to be jitted with the state donated.
 
   Args:
     state: the TrainState.
     batch: 'image' (B, H, W, C) in [-1, 1]; 'label' (B,) for the class model or
       'input_ids', 'attention_mask' (B, T) for the text model; whatever the aux loss needs.
-    frozen_params: {'dino': REPA's DINOv2 params, 'text': the text encoder's}, each only
-      when used; passed as an argument so they are not baked into the compiled program
-      as constants.
+    frozen_params: {'dino': REPA's DINOv2 params, 'text': the text encoder's, 'teacher':
+      MeanFlow distillation's teacher}, each only when used; passed as an argument so they
+      are not baked into the compiled program as constants.
     make_aux_loss: optional, dino params -> aux_loss_fn(aux_params, features (B, L, D),
       batch, rng) -> (loss, metrics dict), given the trunk features after block
       config.repa.align_layer (REPA); aux_params are trained with the model.
     text_encoder: the frozen text encoder (text model only); empty_prompt: its tokens
       of "" (the unconditional input that caption dropout substitutes).
+    teacher: MeanFlow distillation's frozen flow-matching model (config.meanflow).
   Returns:
     (new state, metrics: loss, fm_loss, grad_norm, learning_rate, ...).
   """
@@ -163,6 +195,11 @@ def train_step(state: TrainState, batch: dict, frozen_params=None, *, model: Pix
   rng = step_rng(config.seed, state.step)
   rng_fm, rng_aux = jax.random.split(rng)
   diff = config.diffusion
+  if config.meanflow.enabled:
+    loss_fn = _meanflow_loss_fn(rng_fm, state, batch, frozen_params, model=model,
+                                config=config, text_encoder=text_encoder,
+                                empty_prompt=empty_prompt, teacher=teacher)
+    return _apply_gradients(state, loss_fn, tx=tx, schedule=schedule, config=config)
   if text_encoder is not None:
     condition = text_condition(jax.random.fold_in(rng, 2), batch, frozen_params["text"],
                                text_encoder=text_encoder, empty_prompt=empty_prompt,
@@ -191,6 +228,11 @@ def train_step(state: TrainState, batch: dict, frozen_params=None, *, model: Pix
     aux_loss, aux_metrics = aux_loss_fn(aux_params, features, batch, rng_aux)
     return fm_loss + aux_loss, {"fm_loss": fm_loss, **aux_metrics}
 
+  return _apply_gradients(state, loss_fn, tx=tx, schedule=schedule, config=config)
+
+
+def _apply_gradients(state: TrainState, loss_fn, *, tx, schedule, config):
+  """The optimizer and EMA update from loss_fn(trainable) -> (loss, metrics)."""
   trainable = (state.params, state.aux_params)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
@@ -217,7 +259,10 @@ class TrainProgram:
     batch_keys: the batch entries the step reads ('raw_image' only with REPA; token ids
       and mask instead of labels for the text model).
     step: jitted (state, batch, frozen_params) -> (state, metrics); the state is donated;
-      frozen_params is {'dino': ..., 'text': ...} with the entries the config uses.
+      frozen_params is {'dino': ..., 'text': ..., 'teacher': ...} with the entries the
+      config uses.
+    teacher: MeanFlow distillation's teacher model, else None; teacher_sharding: its
+      params' shardings (the student's layout: FSDP shards it like the student).
   """
   model: PixNerDiT
   tx: optax.GradientTransformation
@@ -229,6 +274,8 @@ class TrainProgram:
   batch_sharding: jax.sharding.NamedSharding
   batch_keys: tuple[str, ...]
   step: Callable
+  teacher: PixNerDiT | None = None
+  teacher_sharding: Any = None
 
 
 def data_conditioning(config: ml_collections.ConfigDict, text_encoder=None) -> dict:
@@ -280,16 +327,20 @@ def build_train_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   text_kw = {}
   if text_model:
     text_kw = dict(text_encoder=text_encoder, empty_prompt=text_encoder.tokenize([""]))
+  teacher, teacher_sharding = None, None
+  if uses_teacher(config):
+    teacher = teacher_lib.build_teacher(config)
+    teacher_sharding = mesh_lib.param_shardings(models.boxed_param_shapes(teacher), mesh)
   step = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
-                        make_aux_loss=make_aux_loss, **text_kw),
+                        make_aux_loss=make_aux_loss, teacher=teacher, **text_kw),
       donate_argnums=0, out_shardings=(state_sharding, mesh_lib.replicated(mesh)))
   condition_keys = ("input_ids", "attention_mask") if text_model else ("label",)
   batch_keys = ("image",) + (("raw_image",) if config.repa.enabled else ()) + condition_keys
   return TrainProgram(model=model, tx=tx, schedule=schedule, mesh=mesh, make_state=make_state,
                       state_shapes=state_shapes, state_sharding=state_sharding,
                       batch_sharding=mesh_lib.batch_sharding(mesh), batch_keys=batch_keys,
-                      step=step)
+                      step=step, teacher=teacher, teacher_sharding=teacher_sharding)
 
 
 class _Preemption:
@@ -371,6 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     text_encoder, frozen_params["text"] = text_encoder_for_run(config, workdir)
   frozen_params = jax.device_put(frozen_params, mesh_lib.replicated(mesh))
   program = build_train_program(config, mesh, dino_model, text_encoder)
+  teacher_params = None
+  if program.teacher is not None:
+    _, teacher_params, teacher_source = teacher_lib.load_teacher(config)
+    progress.say(f"MeanFlow teacher: {teacher_source}")
+    frozen_params["teacher"] = jax.device_put(teacher_params, program.teacher_sharding)
   state = jax.jit(program.make_state, out_shardings=program.state_sharding)()
   overview = parameter_overview.get_parameter_overview(state.params)
   logging.debug("Parameters:\n%s", overview)
@@ -382,6 +438,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   restored_step, state, train_iter = checkpoint.restore_latest(manager, state, train_iter)
   if restored_step is not None:
     progress.say(f"Resumed from the checkpoint of step {restored_step}.")
+  elif teacher_params is not None:
+    # The student starts as the teacher (its interval embedder's output at zero), in
+    # buffers of its own: the step donates the state, never the teacher.
+    params = checkpoint.match_params(models.params_for_model(teacher_params, program.model),
+                                     state.params, config.meanflow.teacher)
+    params = jax.tree.map(jnp.copy, params)
+    state = jax.device_put(create_train_state(params, program.tx), program.state_sharding)
+    progress.say("Initialised the student (params and EMA) from the teacher.")
   elif config.init_from:
     _, params = checkpoint.load_params(config.init_from)
     params = checkpoint.match_params(models.params_for_model(params, program.model),

@@ -126,8 +126,32 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
            config.repa.dino_checkpoint, "REPA needs converted DINOv2 ViT-B/14 weights",
            "run `python -m pixnerd_jax.convert_dinov2 dinov2_vitb14_pretrain.pth --out DIR` "
            "and pass --config.repa.dino_checkpoint=DIR, or set --config.repa.enabled=False")
+  _validate_meanflow(config)
   if workdir is not None:
     _check_writable(workdir)
+
+
+def _validate_meanflow(config: ml_collections.ConfigDict) -> None:
+  mf, average = config.get("meanflow"), bool(config.model.get("average_velocity", False))
+  if config.sampling.get("sampler") == "meanflow":
+    _check(average, "sampling.sampler", "meanflow",
+           "the meanflow sampler needs an average-velocity model",
+           "train one with configs/digits_meanflow.py (model.average_velocity=True)")
+  if mf is None or not mf.enabled:
+    return
+  _check(average, "model.average_velocity", average,
+         "MeanFlow training needs the average-velocity model", "set it to True")
+  _check(not config.repa.enabled, "repa.enabled", True, "REPA is not wired into the "
+         "MeanFlow step", "set --config.repa.enabled=False")
+  _check(mf.time_distribution in ("logit_normal", "uniform"), "meanflow.time_distribution",
+         mf.time_distribution, "unknown distribution", "use 'logit_normal' or 'uniform'")
+  _check(0.0 <= mf.equal_fraction <= 1.0, "meanflow.equal_fraction", mf.equal_fraction,
+         "must be in [0, 1]", "MeanFlow uses 0.75")
+  if mf.teacher:
+    _check(epath.Path(mf.teacher).is_dir(), "meanflow.teacher", mf.teacher,
+           "no such folder", "train the teacher first (python -m pixnerd_jax.main "
+           "--config=configs/digits.py --workdir=workdirs/digits) or convert an official "
+           "checkpoint (python -m pixnerd_jax.convert checkpoint)")
 
 
 def _validate_text_encoder(config: ml_collections.ConfigDict) -> None:
