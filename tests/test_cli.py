@@ -47,6 +47,8 @@ def _override(value_type, current):
     return repr((current or 0.0) + 0.25), (current or 0.0) + 0.25
   if value_type is str:
     return f"{current or ''}_set", f"{current or ''}_set"
+  if value_type is tuple:
+    return repr(tuple(current) + (7,)), tuple(current) + (7,)
   return None
 
 
