@@ -1,8 +1,11 @@
 """Shared test setup: the repo root on sys.path, fixture discovery."""
 
+import atexit
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -17,6 +20,18 @@ sys.path.insert(0, str(ROOT))
 # test creates a JAX backend; subprocesses inherit it.
 from pixnerd_jax.runtime import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 xla_cpu_flags.for_cpu_training(os.environ["JAX_PLATFORMS"])
+
+# One persistent XLA cache for the session: dozens of tests (and their subprocesses, which
+# inherit the variables) compile the same tiny programs, and XLA's compile is most of a
+# tiny run's time. A cached executable is the one XLA would build, so bitwise comparisons
+# between runs hold either way. Removed at exit; PIXNERD_TEST_JAX_CACHE keeps one across
+# sessions.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = os.environ.get("PIXNERD_TEST_JAX_CACHE") or tempfile.mkdtemp(prefix="jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  if "PIXNERD_TEST_JAX_CACHE" not in os.environ:
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 FIXTURES_DIR = ROOT.parent / "shared" / "reference" / "fixtures"
 
 

@@ -1,9 +1,11 @@
-"""Runs a few train steps of the tiny config on a given mesh; used by test_sharding.py.
+"""Runs a few train steps of the tiny config on given meshes; used by test_sharding.py.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_worker.py \
-      OUT.npz DATA FSDP TENSOR [NUM_DEVICES [SCAN_BLOCKS]]
+      OUT_DIR NAME=DATA,FSDP,TENSOR[,NUM_DEVICES[,SCAN_BLOCKS]] ...
 
-Params are saved in the per-block layout whatever SCAN_BLOCKS is, for comparison.
+Writes OUT_DIR/NAME.npz per mesh. One process runs them all: a start-up of JAX costs more
+than a tiny run. Params are saved in the per-block layout whatever SCAN_BLOCKS is, for
+comparison.
 """
 
 import pathlib
@@ -51,4 +53,6 @@ def main(out, data_size, fsdp, tensor, num_devices=8, scan_blocks=0):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], *map(int, sys.argv[2:]))
+  for spec in sys.argv[2:]:
+    name, sizes = spec.split("=")
+    main(pathlib.Path(sys.argv[1]) / f"{name}.npz", *map(int, sizes.split(",")))

@@ -17,24 +17,30 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
 
 
-def _run(tmp_path, name, *mesh):
-  out = tmp_path / f"{name}.npz"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, str(WORKER), str(out), *map(str, mesh)], cwd=ROOT,
-                          env=env, capture_output=True, timeout=600)
-  assert result.returncode == 0, result.stderr.decode()[-3000:]
-  with np.load(out) as f:
-    return {k: f[k] for k in f.files}
+MESHES = {"single": (1, 1, 1, 1), "8x1x1": (8, 1, 1), "1x8x1": (1, 8, 1),
+          "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2), "scan": (2, 4, 1, 8, 1)}
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-  return _run(tmp_path_factory.mktemp("single"), "single", 1, 1, 1, 1)
+def runs(tmp_path_factory):
+  """{name: the worker's arrays} for every mesh in MESHES, from one worker process."""
+  out = tmp_path_factory.mktemp("meshes")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  specs = [f"{name}={','.join(map(str, mesh))}" for name, mesh in MESHES.items()]
+  result = subprocess.run([sys.executable, str(WORKER), str(out), *specs], cwd=ROOT,
+                          env=env, capture_output=True, timeout=900)
+  assert result.returncode == 0, result.stderr.decode()[-3000:]
+  arrays = {}
+  for name in MESHES:
+    with np.load(out / f"{name}.npz") as f:
+      arrays[name] = {k: f[k] for k in f.files}
+  return arrays
 
 
-def test_meshes_match_single_device(tmp_path, single):
+def test_meshes_match_single_device(runs):
+  single = runs["single"]
   for mesh in [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2)]:
-    result = _run(tmp_path, "x".join(map(str, mesh)), *mesh)
+    result = runs["x".join(map(str, mesh))]
     np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
     for key in single:
       if key.startswith("param/"):
@@ -47,8 +53,8 @@ def test_meshes_match_single_device(tmp_path, single):
       assert "fsdp" in str(result["qkv_spec"])
 
 
-def test_scanned_blocks_on_a_mesh_match_single_device(tmp_path, single):
-  scanned = _run(tmp_path, "scan", 2, 4, 1, 8, 1)
+def test_scanned_blocks_on_a_mesh_match_single_device(runs):
+  single, scanned = runs["single"], runs["scan"]
   np.testing.assert_allclose(scanned["losses"], single["losses"], rtol=1e-5, atol=1e-6)
   keys = [k for k in single if k.startswith("param/")]
   assert sorted(keys) == sorted(k for k in scanned if k.startswith("param/"))
@@ -59,7 +65,6 @@ def test_scanned_blocks_on_a_mesh_match_single_device(tmp_path, single):
   assert str(scanned["qkv_spec"]).startswith("P(None, 'fsdp'")
 
 
-@pytest.mark.parametrize("scan_blocks", [False, True])
 def test_activation_constraints_reach_the_program(scan_blocks):
   # linen's constraints silently vanish unless activate() sets the abstract mesh.
   model = models.build_model(presets.get("tiny", num_classes=10, scan_blocks=scan_blocks))
