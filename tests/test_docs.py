@@ -129,6 +129,10 @@ class Rule:
 
 
 DRY_RUN_OK = r"(?m)^dry run\s+OK"
+# Dry runs of the XL and XXL configs trace their trunk scanned: tracing 28 unrolled blocks
+# is most of a dry run (~25 s of CPU each, a dozen commands), and the scanned trunk is the
+# same blocks (tests/test_models.py checks the two agree).
+SCANNED = "--config.model.scan_blocks=True"
 # First match wins. Every documented command must match one.
 RUNS = (
     Rule(r"^python -m pixnerd_jax\.main .*--config\.init_from=converted/xl256\b",
@@ -138,12 +142,18 @@ RUNS = (
     Rule(r"^python -m pixnerd_jax\.main .*--config\.meanflow\.teacher=converted/xl256\b",
          ("--dry_run", _model_of("converted/xl256")), DRY_RUN_OK, needs=_needs_data_source,
          why="distillation takes days; the student gets the stand-in teacher's architecture"),
-    Rule(r"^python -m pixnerd_jax\.main ", ("--dry_run",), DRY_RUN_OK,
+    Rule(r"^python -m pixnerd_jax\.main --config=configs/digits", ("--dry_run",), DRY_RUN_OK,
          needs=_needs_data_source,
-         why="training takes hours to days; the dry run loads, reads and traces everything"),
+         why="the quick starts' trainings take minutes; their models are small, traced as "
+             "documented (their workdirs' checkpoints have the per-block layout)"),
+    Rule(r"^python -m pixnerd_jax\.main ", ("--dry_run", SCANNED), DRY_RUN_OK,
+         needs=_needs_data_source,
+         why="training takes hours to days; the dry run loads, reads and traces everything "
+             "(the trunk scanned, see SCANNED)"),
     Rule(r"^python -m pixnerd_jax\.sample ", ("--dry_run",), DRY_RUN_OK,
          why="50,000 samples take hours; the dry run loads the checkpoint, traces the sampler"),
-    Rule(r"^python -m pixnerd_jax\.aot ", ("--dry_run",), r"(?m)^dry run\s+the step lowered",
+    Rule(r"^python -m pixnerd_jax\.aot ", ("--dry_run", SCANNED),
+         r"(?m)^dry run\s+the step lowered",
          needs=_needs_libtpu, why="XLA's TPU compile of XL/16 takes minutes"),
     Rule(r"^python -m pixnerd_jax\.(convert|convert_dinov2|evaluation\.inception|"
          r"evaluation\.fid) ", needs=_needs_files,

@@ -91,10 +91,10 @@ def _main_cmd(workdir, *overrides):
 
 
 def test_killed_t2i_run_resumes_bitwise_identical(tmp_path):
-  overrides = ["--config.num_train_steps=60", "--config.checkpoint_every=5",
+  overrides = ["--config.num_train_steps=30", "--config.checkpoint_every=5",
                "--config.log_every=5"]
   reference = tmp_path / "reference"
-  train.train_and_evaluate(_config(num_train_steps=60, checkpoint_every=5, log_every=5),
+  train.train_and_evaluate(_config(num_train_steps=30, checkpoint_every=5, log_every=5),
                            str(reference))
   assert (reference / text_encoder.STAND_IN_DIR / "config.json").is_file()
   interrupted = tmp_path / "interrupted"
@@ -102,7 +102,7 @@ def test_killed_t2i_run_resumes_bitwise_identical(tmp_path):
                                               interrupted, signal.SIGKILL)
   assert code == -signal.SIGKILL
   stopped_at, _ = checkpoint.load_train_state(str(interrupted))
-  assert stopped_at < 60
+  assert stopped_at < 30
   resumed = subprocess.run(_main_cmd(interrupted, *overrides), cwd=ROOT, capture_output=True,
                            timeout=300)
   assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
@@ -111,7 +111,7 @@ def test_killed_t2i_run_resumes_bitwise_identical(tmp_path):
                            first_step=stopped_at + 5 - stopped_at % 5)
   step_a, state_a = checkpoint.load_train_state(str(reference))
   step_b, state_b = checkpoint.load_train_state(str(interrupted))
-  assert step_a == step_b == 60
+  assert step_a == step_b == 30
   for key in ("params", "ema_params", "opt_state"):
     _assert_same_tree(state_a[key], state_b[key])
 
