@@ -19,6 +19,7 @@ import time
 import zipfile
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,20 +53,20 @@ def chunk_ranges(num_samples: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def _chunk_is_complete(path: str, start: int, end: int) -> bool:
   """Whether a chunk file exists and holds exactly samples start..end-1."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return False
   try:
-    with np.load(path) as data:  # reads only the small `indices` member
+    with epath.Path(path).open("rb") as f, np.load(f) as data:  # only the small `indices`
       return np.array_equal(data["indices"], np.arange(start, end))
   except (OSError, ValueError, KeyError, zipfile.BadZipFile):
     return False
 
 
 def _write_atomic_npz(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
+  tmp = epath.Path(f"{path}.tmp{os.getpid()}")  # local or gs://
+  with tmp.open("wb") as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 def manifest(model, settings: dict, *, resolution: int, num_samples: int, seed: int,
@@ -80,11 +81,10 @@ def manifest(model, settings: dict, *, resolution: int, num_samples: int, seed: 
 
 def manifest_conflict(out: str, manifest_now: dict) -> str | None:
   """Why out/run.json says its chunks were made with other settings, or None."""
-  path = os.path.join(out, MANIFEST)
-  if not os.path.exists(path):
+  path = epath.Path(out) / MANIFEST
+  if not path.exists():
     return None
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(path.read_text())
   diff = {k: (old.get(k), v) for k, v in manifest_now.items() if old.get(k) != v}
   if diff:
     return (f"{out} holds samples made with other settings ({diff}, as (before, now)). "
@@ -94,16 +94,15 @@ def manifest_conflict(out: str, manifest_now: dict) -> str | None:
 
 def _check_manifest(out: str, manifest: dict) -> None:
   """Refuses to mix chunks made with different settings in one output directory."""
-  path = os.path.join(out, MANIFEST)
-  if os.path.exists(path):
+  path = epath.Path(out) / MANIFEST
+  if path.exists():
     conflict = manifest_conflict(out, manifest)
     if conflict:
       raise ValueError(conflict)
   elif jax.process_index() == 0:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    tmp = epath.Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -153,7 +152,7 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
     resolution: square image side.
     batch_size: samples per model call on this host (rounded up to the device count).
   """
-  os.makedirs(out, exist_ok=True)
+  epath.Path(out).mkdir(parents=True, exist_ok=True)  # local or gs://
   image_shape = (resolution, resolution, model.in_channels)
   _check_manifest(out, manifest(model, settings, resolution=resolution,
                                 num_samples=num_samples, seed=seed,
@@ -201,19 +200,20 @@ def assemble(out: str, chunk_paths: list[str], num_samples: int) -> str:
   Returns:
     The path, out/samples_{N}x{H}x{W}x{C}.npz.
   """
-  with np.load(chunk_paths[0]) as first:
+  with epath.Path(chunk_paths[0]).open("rb") as f, np.load(f) as first:
     sample_shape = first["images"].shape[1:]
   shape = (num_samples,) + tuple(sample_shape)
   path = os.path.join(out, "samples_{}.npz".format("x".join(map(str, shape))))
   labels = []
-  tmp = f"{path}.tmp"
-  with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+  tmp = epath.Path(f"{path}.tmp")
+  with tmp.open("wb") as out_file, zipfile.ZipFile(out_file, "w", zipfile.ZIP_STORED,
+                                                   allowZip64=True) as zf:
     with zf.open("arr_0.npy", "w", force_zip64=True) as f:
       np.lib.format.write_array_header_1_0(
           f, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": shape})
       written = 0
       for chunk in chunk_paths:
-        with np.load(chunk) as data:
+        with epath.Path(chunk).open("rb") as chunk_file, np.load(chunk_file) as data:
           images = data["images"]
           if images.shape[1:] != sample_shape or images.dtype != np.uint8:
             raise ValueError(f"{chunk}: images {images.shape} {images.dtype} do not match "
@@ -225,7 +225,7 @@ def assemble(out: str, chunk_paths: list[str], num_samples: int) -> str:
       raise ValueError(f"The chunks hold {written} samples, expected {num_samples}.")
     with zf.open("arr_1.npy", "w") as f:
       np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
-  os.replace(tmp, path)
+  tmp.replace(path)
   return path
 
 
@@ -257,7 +257,7 @@ def write_grid(chunk_paths: list[str], ranges: list[tuple[int, int]], num_sample
   for path, (start, end) in zip(chunk_paths, ranges):
     inside = [i for i in wanted if start <= i < end]
     if inside:
-      with np.load(path) as data:
+      with epath.Path(path).open("rb") as f, np.load(f) as data:
         images = data["images"]
         tiles.update({i: images[i - start] for i in inside})
   grid = images_lib.make_grid(np.stack([tiles[i] for i in wanted]), len(classes))
@@ -267,9 +267,9 @@ def write_grid(chunk_paths: list[str], ranges: list[tuple[int, int]], num_sample
 
 def _remove_chunks(chunk_paths: list[str]) -> None:
   """The chunks are in the final .npz now; they only served resuming."""
-  for path in chunk_paths:
-    if os.path.exists(path):
-      os.remove(path)
+  for path in map(epath.Path, chunk_paths):
+    if path.exists():
+      path.unlink()
 
 
 def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size: int = 64,

@@ -18,6 +18,8 @@ import json
 import os
 from typing import Sequence
 
+from etils import epath
+
 from pixnerd_jax.sampling import text_to_image
 
 METADATA = "metadata.jsonl"
@@ -25,11 +27,11 @@ METADATA = "metadata.jsonl"
 
 def read_metadata(path: str) -> list[dict]:
   """The objects of an evaluation_metadata.jsonl, each with a string "prompt"."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():  # local or gs://
     raise FileNotFoundError(f"GenEval metadata not found: {path} (GenEval's "
                             "prompts/evaluation_metadata.jsonl).")
   entries = []
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open("r", encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -60,11 +62,11 @@ def layout(out: str, metadata: Sequence[dict], samples_per_prompt: int = 4
   n = samples_per_prompt
 
   def is_done(i):
-    return (os.path.exists(os.path.join(prompt_dir(out, i), METADATA))
-            and all(os.path.exists(sample_path(out, i, k)) for k in range(n)))
+    return (epath.Path(prompt_dir(out, i), METADATA).exists()
+            and all(epath.Path(sample_path(out, i, k)).exists() for k in range(n)))
 
   def write(i, images):
-    os.makedirs(os.path.dirname(sample_path(out, i, 0)), exist_ok=True)
+    epath.Path(sample_path(out, i, 0)).parent.mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(images):
       text_to_image.save_png(sample_path(out, i, k), image)
     line = json.dumps(metadata[i], ensure_ascii=False) + "\n"
@@ -78,5 +80,4 @@ def layout(out: str, metadata: Sequence[dict], samples_per_prompt: int = 4
 
 
 def _write_text(path: str, text: str) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+  epath.Path(path).write_text(text, encoding="utf-8")

@@ -32,6 +32,7 @@ import time
 from typing import Callable, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,10 +68,9 @@ _SAMPLER_FIELDS = ("sampler", "order", "num_steps", "guidance", "guidance_interv
 def is_text_checkpoint(path: str, config) -> bool:
   """Whether a checkpoint holds a text-to-image model: its model.json says so (params
   checkpoints), else config.model does (training workdirs)."""
-  model_json = os.path.join(path, checkpoint.MODEL_JSON)
-  if os.path.isfile(model_json):
-    with open(model_json) as f:
-      return json.load(f).get("conditioning", "class") == "text"
+  model_json = epath.Path(path) / checkpoint.MODEL_JSON  # local or gs://
+  if model_json.is_file():
+    return json.loads(model_json.read_text()).get("conditioning", "class") == "text"
   return config.model.get("conditioning", "class") == "text"
 
 
@@ -298,10 +298,10 @@ def check_manifest(old: dict | None, manifest: dict, out: str) -> None:
 
 
 def read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(path.read_text(encoding="utf-8"))
 
 
 def json_manifest(out: str, name: str = MANIFEST):
@@ -312,8 +312,7 @@ def json_manifest(out: str, name: str = MANIFEST):
 
 
 def _write_json(path: str, value) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
+  epath.Path(path).write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def write_atomic(path: str, write: Callable[[str], None]) -> None:
@@ -322,7 +321,7 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
   folder, name = os.path.split(path)
   tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
   write(tmp)
-  os.replace(tmp, path)
+  epath.Path(tmp).replace(path)  # local or gs:// (a copy and a delete there)
 
 
 def save_png(path: str, image: np.ndarray, text: dict[str, str] | None = None) -> None:
@@ -333,7 +332,11 @@ def save_png(path: str, image: np.ndarray, text: dict[str, str] | None = None) -
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
       info.add_text(key, value)
-  write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", pnginfo=info))
+  def write(tmp):
+    with epath.Path(tmp).open("wb") as f:
+      Image.fromarray(image).save(f, format="PNG", pnginfo=info)
+
+  write_atomic(path, write)
 
 
 # ----------------------------------------------------------------------------- prompt files
@@ -341,10 +344,9 @@ def save_png(path: str, image: np.ndarray, text: dict[str, str] | None = None) -
 
 def read_prompt_file(path: str) -> list[str]:
   """Prompts one a line; blank lines are skipped."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"Prompt file not found: {path}.")
-  with open(path, encoding="utf-8") as f:
-    prompts = [line.strip() for line in f]
+  prompts = [line.strip() for line in epath.Path(path).read_text(encoding="utf-8").splitlines()]
   prompts = [p for p in prompts if p]
   if not prompts:
     raise ValueError(f"{path} holds no prompts (one a line).")
@@ -366,7 +368,7 @@ def prompt_layout(out: str, prompts: Sequence[str], samples_per_prompt: int, *,
   n = samples_per_prompt
 
   def write(i, images):
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    epath.Path(out, "images").mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(images):
       save_png(image_path(out, i, k), image)
 
@@ -381,18 +383,19 @@ def prompt_layout(out: str, prompts: Sequence[str], samples_per_prompt: int, *,
   read_manifest, write_manifest = json_manifest(out)
   return Layout(prompts=list(prompts), samples_per_prompt=n,
                 noise_index=lambda i, k: i * n + k,
-                is_done=lambda i: all(os.path.exists(image_path(out, i, k)) for k in range(n)),
+                is_done=lambda i: all(epath.Path(image_path(out, i, k)).exists()
+                                     for k in range(n)),
                 write=write, read_manifest=read_manifest, write_manifest=write_manifest,
                 finish=finish)
 
 
 def _write_lines(path: str, lines: Sequence[str]) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(f"{line}\n" for line in lines)
+  epath.Path(path).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def _tile(path: str, size: int) -> np.ndarray:
-  image = Image.open(path).convert("RGB")
+  with epath.Path(path).open("rb") as f:
+    image = Image.open(f).convert("RGB")
   if max(image.size) > size:
     scale = size / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
@@ -423,7 +426,7 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
   height, width = height or resolution, width or resolution
   model = model_for_size(model, resolution, height, width, field_chunk_pixels)
   encoder, text_params = load_text_encoder(config, model, checkpoint_path)
-  os.makedirs(out, exist_ok=True)
+  epath.Path(out).mkdir(parents=True, exist_ok=True)
   manifest = manifest_for(settings, height=height, width=width, seed=seed,
                           samples_per_prompt=samples_per_prompt, prompts=prompts,
                           source=source, layout=layout_name)

@@ -1,7 +1,7 @@
 """A sampler's params: the EMA (or online) params of a training workdir, or a params
 checkpoint (`convert checkpoint` output, whose model.json gives the architecture)."""
 
-import os
+from etils import epath
 
 from pixnerd_jax.models import build_model, param_shapes, params_for_model
 from pixnerd_jax.training import checkpoint
@@ -19,7 +19,8 @@ def load_checkpoint(path: str, config, online: bool = False, step: int | None = 
     online: workdir only: the online params instead of the EMA ones.
     step: workdir only: which checkpoint (default latest).
   """
-  if os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
+  root = epath.Path(path)  # local or gs://
+  if (root / checkpoint.MODEL_JSON).exists():
     if online or step is not None:
       raise checkpoint.CheckpointError(
           f"{path} is a params checkpoint: --online and --step apply to training workdirs.")
@@ -28,13 +29,13 @@ def load_checkpoint(path: str, config, online: bool = False, step: int | None = 
     for key in _RUNTIME_MODEL_FIELDS:
       if key in config.model:
         model_config[key] = config.model[key]
-    source = f"params checkpoint {os.path.abspath(path)}"
-  elif os.path.isdir(os.path.join(path, "checkpoints")):
+    source = f"params checkpoint {checkpoint.absolute(root)}"
+  elif (root / "checkpoints").is_dir():
     model_config = dict(config.model)
     key = "params" if online else "ema_params"
     step, state = checkpoint.load_train_state(path, step, only=(key,))  # not Adam's moments
     params = state[key]
-    source = f"{'online' if online else 'EMA'} params of step {step} in {os.path.abspath(path)}"
+    source = f"{'online' if online else 'EMA'} params of step {step} in {checkpoint.absolute(root)}"
   else:
     raise checkpoint.CheckpointError(
         f"{path} is neither a training workdir (no checkpoints/) nor a params checkpoint "

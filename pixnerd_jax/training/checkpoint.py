@@ -24,6 +24,13 @@ class CheckpointError(ValueError):
   """A checkpoint directory is missing, incomplete or unreadable."""
 
 
+def absolute(path) -> epath.Path:
+  """`path` as an absolute epath.Path; gs:// and other URLs are left as they are
+  (epath's `absolute()` would prefix them with the working directory)."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
+
+
 def save_params(directory: str, params, model_config: dict) -> None:
   """Writes params and their model config; overwrites an existing params checkpoint."""
   path = epath.Path(directory)
@@ -31,7 +38,7 @@ def save_params(directory: str, params, model_config: dict) -> None:
   try:
     path.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(path.absolute() / PARAMS_DIR, params, force=True)
+      ckptr.save(absolute(path) / PARAMS_DIR, params, force=True)
     (path / MODEL_JSON).write_text(json.dumps(dict(model_config), indent=2, sort_keys=True))
   except (OSError, ValueError) as e:
     raise CheckpointError(f"Could not write the params checkpoint {directory}: choose a "
@@ -49,7 +56,7 @@ def load_params(directory: str):
   try:
     model_config = json.loads(model_json.read_text())
     with ocp.StandardCheckpointer() as ckptr:
-      params = ckptr.restore(path.absolute() / PARAMS_DIR)
+      params = ckptr.restore(absolute(path) / PARAMS_DIR)
   except Exception as e:  # orbax/tensorstore raise many types for damaged files
     raise CheckpointError(
         f"Could not read the params checkpoint {directory}: it is damaged or incomplete; "
@@ -68,7 +75,7 @@ def create_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, create=True, enable_async_checkpointing=True,
       cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(epath.Path(workdir).absolute() / "checkpoints",
+  return ocp.CheckpointManager(absolute(workdir) / "checkpoints",
                                options=options, item_handlers=_item_handlers())
 
 
@@ -321,7 +328,7 @@ def load_train_state(workdir: str, step: int | None = None,
   read (e.g. ('ema_params',) for sampling): the others (the optimizer's moments, 2x the
   params) are neither read nor held in memory.
   """
-  directory = epath.Path(workdir).absolute() / "checkpoints"
+  directory = absolute(workdir) / "checkpoints"
   if not directory.exists():
     raise CheckpointError(f"No checkpoints in {workdir}: {directory} does not exist.")
   steps = complete_steps(directory)
