@@ -28,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.models import count_params
+from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.sampling import trained_params
 from pixnerd_jax.sampling.trained_params import load_checkpoint
 from pixnerd_jax.training import dry_run
 
@@ -112,8 +114,8 @@ def make_sample_fn(model, settings: dict, image_shape: tuple[int, int, int], mes
   """A jitted (params, seed, indices (B,), labels (B,)) -> float32 (B, H, W, C) samples.
 
   Noise and SDE keys come from each sample's index, so a sample does not depend on its
-  batch. B must be a multiple of the mesh size; the batch is split over the mesh.
-  Cached: the same model, settings, shape and mesh reuse one compiled function.
+  batch. B must be a multiple of the mesh size; the batch is split over the mesh's batch
+  axes, the params as `trained_params.param_shardings` (training's rules). Cached: the same model, settings, shape and mesh reuse one compiled function.
   """
   return _cached_sample_fn(model, tuple(sorted(settings.items())), tuple(image_shape), mesh)
 
@@ -131,8 +133,9 @@ def _cached_sample_fn(model, settings: tuple, image_shape: tuple, mesh: Mesh):
     return samplers.sample(velocity, noise, labels, key=sde_keys,
                            null_class=model.num_classes, **settings)
 
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
-  return jax.jit(fn, in_shardings=(replicated, replicated, batch, batch),
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(trained_params.param_shardings(model, mesh), replicated,
+                                   batch, batch),
                  out_shardings=batch)
 
 
@@ -143,7 +146,7 @@ def _format_seconds(seconds: float) -> str:
 
 def generate(out: str, model, params, settings: dict, *, resolution: int, num_samples: int,
              batch_size: int = 64, chunk_size: int = 1000, seed: int = 0,
-             manifest_extra: dict | None = None) -> list[str]:
+             manifest_extra: dict | None = None, mesh: Mesh | None = None) -> list[str]:
   """Writes this process's missing chunk files; returns all chunk paths.
 
   Args:
@@ -151,6 +154,8 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
     settings: keyword arguments of `samplers.sample` (see `settings_from_config`).
     resolution: square image side.
     batch_size: samples per model call on this host (rounded up to the device count).
+    mesh: the sampling mesh (`trained_params.sampling_mesh`); default data parallel over
+      this process's devices.
   """
   epath.Path(out).mkdir(parents=True, exist_ok=True)  # local or gs://
   image_shape = (resolution, resolution, model.in_channels)
@@ -158,11 +163,11 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
                                 num_samples=num_samples, seed=seed,
                                 manifest_extra=manifest_extra))
 
-  devices = jax.local_devices()
-  mesh = Mesh(np.array(devices), ("batch",))
-  batch_size = math.ceil(batch_size / len(devices)) * len(devices)
+  mesh = mesh or mesh_lib.create_mesh(None, jax.local_devices())
+  devices = mesh.devices.size
+  batch_size = math.ceil(batch_size / devices) * devices
   sample_fn = make_sample_fn(model, settings, image_shape, mesh)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  params = jax.device_put(params, trained_params.param_shardings(model, mesh))
 
   ranges = chunk_ranges(num_samples, chunk_size)
   paths = [os.path.join(out, CHUNK_PATTERN.format(c)) for c in range(len(ranges))]
@@ -277,14 +282,15 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
         grid: bool = True, **sampling_overrides) -> str | None:
   """The whole command; returns the .npz path (process 0) or None (other processes)."""
   settings = samplers.settings_from_config(config.sampling, **sampling_overrides)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   logging.debug("Sampling with %s", settings)
   if jax.process_index() == 0:
     print(f"[sample] {num_samples} images at {config.data.resolution} px from {source}",
           file=sys.stderr, flush=True)
   paths = generate(out, model, params, settings, resolution=config.data.resolution,
                    num_samples=num_samples, batch_size=batch_size, chunk_size=chunk_size,
-                   seed=seed, manifest_extra=dict(checkpoint=source))
+                   seed=seed, manifest_extra=dict(checkpoint=source), mesh=mesh)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("pixnerd_sample_chunks_written")
@@ -325,7 +331,8 @@ def dry_run_report(config, checkpoint_path: str, out: str, *, num_samples: int,
   """
   started = time.perf_counter()
   settings = samplers.settings_from_config(config.sampling, **sampling_overrides)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
   ranges = chunk_ranges(num_samples, chunk_size)
   devices = jax.local_devices()
@@ -347,11 +354,10 @@ def dry_run_report(config, checkpoint_path: str, out: str, *, num_samples: int,
                f"{jax.process_count()} process(es)")
   dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
 
-  mesh = Mesh(np.array(devices), ("batch",))
   sample_fn = make_sample_fn(model, settings, (res, res, model.in_channels), mesh)
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
   indices = jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch)
-  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+  traced = sample_fn.trace(dry_run.abstract(params, trained_params.param_shardings(model, mesh)),
                            jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
                            indices, indices)
   out_shape = tuple(traced.out_info.shape)

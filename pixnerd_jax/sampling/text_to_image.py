@@ -44,6 +44,8 @@ from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.models import count_params
 from pixnerd_jax.models import text_encoder as text_encoder_lib
 from pixnerd_jax.models.pixnerd import heavy_decoder_geometry
+from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.sampling import trained_params
 from pixnerd_jax.sampling.trained_params import load_checkpoint
 from pixnerd_jax.training import checkpoint
 from pixnerd_jax.training import dry_run
@@ -185,8 +187,9 @@ def _cached_sample_fn(model, settings: tuple, image_shape: tuple, mesh: Mesh):
     velocity = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
     return samplers.sample(velocity, noise, text, key=sde_keys, null_class=null, **settings)
 
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
-  return jax.jit(fn, in_shardings=(replicated, replicated, batch, batch, replicated),
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(trained_params.param_shardings(model, mesh), replicated,
+                                   batch, batch, replicated),
                  out_shardings=batch)
 
 
@@ -221,7 +224,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 def generate(layout: Layout, model, params, encoder, text_params, settings: dict, *,
-             height: int, width: int, batch_size: int = 8, seed: int = 0) -> int:
+             height: int, width: int, batch_size: int = 8, seed: int = 0,
+             mesh: Mesh | None = None) -> int:
   """Makes this process's unfinished prompts; returns how many images it made.
 
   Prompt i belongs to process i % process_count. Its samples are batched with other
@@ -230,6 +234,8 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
   Args:
     model: from `model_for_size` (its size must be height x width).
     encoder, text_params: the text encoder (`load_text_encoder`).
+    mesh: the sampling mesh (`trained_params.sampling_mesh`); default data parallel over
+      this process's devices.
   """
   n = layout.samples_per_prompt
   mine = [i for i in range(len(layout.prompts))
@@ -242,12 +248,12 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
   if not work:
     return 0
 
-  devices = jax.local_devices()
-  mesh = Mesh(np.array(devices), ("batch",))
+  mesh = mesh or mesh_lib.create_mesh(None, jax.local_devices())
+  devices = mesh.devices.size
   # No bigger than the work (a few prompts need no batch of 64), a multiple of the devices.
-  batch_size = math.ceil(min(batch_size, len(work)) / len(devices)) * len(devices)
+  batch_size = math.ceil(min(batch_size, len(work)) / devices) * devices
   sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels), mesh)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  params = jax.device_put(params, trained_params.param_shardings(model, mesh))
   null = np.asarray(encoder.unconditional(text_params))
   pending = {}  # prompt index -> {k: image}
   started, made = time.perf_counter(), 0
@@ -410,7 +416,7 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
         layout_name: str, prompts: Sequence[str], samples_per_prompt: int,
         height: int | None = None, width: int | None = None, batch_size: int = 8,
         seed: int = 0, field_chunk_pixels: int = DEFAULT_FIELD_CHUNK_PIXELS,
-        **sampling_overrides) -> str:
+        mesh: Mesh | None = None, **sampling_overrides) -> str:
   """The text-to-image command on a loaded checkpoint; returns `out`.
 
   Args:
@@ -439,7 +445,7 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
     print(f"[sample] {len(prompts)} prompts x {samples_per_prompt} images at {height}x{width} "
           f"from {source}", file=sys.stderr, flush=True)
   generate(layout, model, params, encoder, text_params, settings, height=height, width=width,
-           batch_size=batch_size, seed=seed)
+           batch_size=batch_size, seed=seed, mesh=mesh)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("pixnerd_t2i_samples_written")
@@ -492,10 +498,11 @@ def run_text(config, checkpoint_path: str, out: str, *, prompts=None, prompts_fi
   prompts, make_layout, layout_name = _text_request(
       out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
       samples_per_prompt=samples_per_prompt, grid=grid)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   return run(config, model, params, source, checkpoint_path, out, make_layout,
-                        layout_name=layout_name, prompts=prompts,
-                        samples_per_prompt=samples_per_prompt, **kwargs)
+             layout_name=layout_name, prompts=prompts, samples_per_prompt=samples_per_prompt,
+             mesh=mesh, **kwargs)
 
 
 def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
@@ -512,7 +519,8 @@ def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
       out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
       samples_per_prompt=samples_per_prompt, grid=grid)
   settings = sampling_settings(config.sampling, **sampling_overrides)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
   res = int(config.data.resolution)
   height, width = height or res, width or res
@@ -535,13 +543,11 @@ def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
                f"({layout_name} layout, {done} already in {out}); {per_call} per model call "
                f"over {len(devices)} local device(s), {jax.process_count()} process(es)")
   dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
-  mesh = Mesh(np.array(devices), ("batch",))
-  sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels),
-                                        mesh)
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels), mesh)
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
   null = np.asarray(encoder.unconditional(text_params))  # computed once, cached
   text = jax.ShapeDtypeStruct((per_call,) + tuple(null.shape[1:]), null.dtype, sharding=batch)
-  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+  traced = sample_fn.trace(dry_run.abstract(params, trained_params.param_shardings(model, mesh)),
                            jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
                            jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch), text,
                            jax.ShapeDtypeStruct(null.shape, null.dtype, sharding=replicated))
