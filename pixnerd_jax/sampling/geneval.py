@@ -1,8 +1,8 @@
 """GenEval image generation in the layout GenEval's evaluator reads.
 
 Input: GenEval's `evaluation_metadata.jsonl` (or the rephrased variant the reference
-sampled from), one JSON object a line with at least "prompt" (and "tag", "include", ...
-which the evaluator uses). Output, for prompt index i (the line number from 0) and
+sampled from), one JSON object a line with at least "prompt" and "tag" (and "include",
+... which the evaluator uses). Output, for prompt index i (the line number from 0) and
 sample k (djghosh13/geneval, evaluation/evaluate_images.py):
 
   <out>/<i:05d>/metadata.jsonl          that line's object, as written in the input
@@ -42,6 +42,12 @@ def read_metadata(path: str) -> list[dict]:
       if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
         raise ValueError(f"{path}:{number} has no \"prompt\" string; is this GenEval's "
                          "evaluation_metadata.jsonl?")
+      if not isinstance(entry.get("tag"), str):
+        # GenEval's evaluator scores each image by its prompt's tag: without one the whole
+        # run would be sampled and then fail to score.
+        raise ValueError(f"{path}:{number} has no \"tag\" string (GenEval scores each "
+                         "prompt by its tag, e.g. \"single_object\"); use GenEval's "
+                         "prompts/evaluation_metadata.jsonl or give every line its tag.")
       entries.append(entry)
   if not entries:
     raise ValueError(f"{path} holds no prompts.")

@@ -432,12 +432,13 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
   height, width = height or resolution, width or resolution
   model = model_for_size(model, resolution, height, width, field_chunk_pixels)
   encoder, text_params = load_text_encoder(config, model, checkpoint_path)
-  epath.Path(out).mkdir(parents=True, exist_ok=True)
   manifest = manifest_for(settings, height=height, width=width, seed=seed,
                           samples_per_prompt=samples_per_prompt, prompts=prompts,
                           source=source, layout=layout_name)
-  layout = make_layout(manifest)
+  layout = make_layout(manifest)  # refuses settings the layout cannot hold
   check_manifest(layout.read_manifest(), manifest, out)
+  # Only once everything is accepted: a refused run leaves no empty --out behind.
+  epath.Path(out).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     layout.write_manifest(manifest)
   logging.debug("Sampling with %s", settings)
