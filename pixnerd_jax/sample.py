@@ -28,10 +28,12 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/image
                                 lock_config=True)
 flags.DEFINE_string("checkpoint", None, "Training workdir or params checkpoint directory.")
 flags.DEFINE_string("out", None, "Output directory for chunks, the .npz and the grid.")
-flags.DEFINE_integer("num_samples", 50000, "Number of samples (classes balanced).")
+flags.DEFINE_integer("num_samples", 50000, "Class-conditional: number of samples (classes "
+                     "balanced).")
 flags.DEFINE_integer("batch_size", 64, "Samples per model batch on this host (split over "
                      "its local devices; rounded up to a multiple of their count).")
-flags.DEFINE_integer("chunk_size", 1000, "Samples per chunk file (the unit of resuming).")
+flags.DEFINE_integer("chunk_size", 1000, "Class-conditional: samples per chunk file (the "
+                     "unit of resuming).")
 flags.DEFINE_integer("seed", 0, "Noise seed: sample i starts from fold_in(key(seed), i).")
 flags.DEFINE_bool("online", False, "Training workdir: sample the online params, not EMA.")
 flags.DEFINE_integer("step", None, "Training workdir: checkpoint step (default: latest).")
@@ -68,6 +70,27 @@ flags.DEFINE_bool("dry_run", False, "Load the checkpoint, check --out and trace 
 flags.mark_flags_as_required(["config", "checkpoint", "out"])
 
 _PROMPT_SOURCES = ("prompt", "prompts", "geneval", "dpg")
+# Flags of one kind of checkpoint only: given for the other kind, they are refused rather
+# than silently ignored.
+_CLASS_ONLY = ("num_samples", "chunk_size")
+_TEXT_ONLY = _PROMPT_SOURCES + ("samples_per_prompt", "height", "width", "field_chunk_pixels")
+
+
+def _check_flags_fit(text_model: bool) -> None:
+  """Refuses flags the checkpoint's kind does not use, naming what to use instead."""
+  if text_model:
+    given = [f"--{n}" for n in _CLASS_ONLY if FLAGS[n].present]
+    if given:
+      raise ValueError(
+          f"{' '.join(given)} apply to class-conditional checkpoints; {FLAGS.checkpoint} "
+          "holds a text-to-image model, which makes --samples_per_prompt images for each "
+          "prompt of --prompt, --prompts, --geneval or --dpg (one PNG each, no chunks): "
+          "drop " + " and ".join(given) + ".")
+  else:
+    given = [f"--{n}" for n in _TEXT_ONLY if FLAGS[n].present]
+    if given:
+      raise ValueError(f"{' '.join(given)} need a text-to-image checkpoint; "
+                       f"{FLAGS.checkpoint} holds a class-conditional model.")
 
 
 @console.entry_point(known=(checkpoint.CheckpointError, ValueError, OSError),
@@ -82,6 +105,7 @@ def main(argv):
       "sampler", "num_steps", "guidance", "guidance_interval_min", "guidance_interval_max",
       "timeshift", "last_step", "order", "exact_heun", "step_fn")}
   text_model = text_to_image.is_text_checkpoint(FLAGS.checkpoint, FLAGS.config)
+  _check_flags_fit(text_model)
   if FLAGS.dry_run and text_model:
     return dry_run.report_errors(
         text_to_image.dry_run_text_report, FLAGS.config, FLAGS.checkpoint, FLAGS.out,
@@ -105,10 +129,6 @@ def main(argv):
         batch_size=FLAGS.batch_size, seed=FLAGS.seed,
         field_chunk_pixels=FLAGS.field_chunk_pixels, **overrides)
   else:
-    text_flags = [f"--{n}" for n in _PROMPT_SOURCES + ("height", "width") if FLAGS[n].value]
-    if text_flags:
-      raise ValueError(f"{' '.join(text_flags)} need a text-to-image checkpoint; "
-                       f"{FLAGS.checkpoint} holds a class-conditional model.")
     path = class_conditional.run(FLAGS.config, FLAGS.checkpoint, FLAGS.out, num_samples=FLAGS.num_samples,
                batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size, seed=FLAGS.seed,
                online=FLAGS.online, step=FLAGS.step, grid=FLAGS.grid, **overrides)

@@ -41,8 +41,8 @@ def test_notebook_samples_and_shows_a_grid_and_a_trajectory(tmp_path, monkeypatc
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
   _inject_parameters(nb, CHECKPOINT=ckpt, CONFIG=os.path.join(ROOT, "configs", "tiny.py"),
-                     CLASSES=[0, 3, 7], SAMPLES_PER_CLASS=2, GUIDANCE=3.0, NUM_STEPS=4,
-                     SAMPLER="heun", TRAJECTORY_FRAMES=3)
+                     CLASSES=[0, 3, 7], SAMPLES_PER_CLASS=2, SAMPLER="heun",
+                     TRAJECTORY_FRAMES=3)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}
@@ -52,6 +52,9 @@ def test_notebook_samples_and_shows_a_grid_and_a_trajectory(tmp_path, monkeypatc
   assert not [o for o in outputs if o.output_type == "error"]
   text = "".join(o.get("text", "") for o in outputs)
   assert "params checkpoint" in text and "'sampler': 'heun'" in text
+  # What is not set comes from the config's sampling block, as the sample command's.
+  assert f"'num_steps': {config.sampling.num_steps}," in text
+  assert f"'guidance': {config.sampling.guidance}," in text
   pngs = [Image.open(io.BytesIO(base64.b64decode(o.data["image/png"])))
           for o in outputs if "image/png" in o.get("data", {})]
   assert len(pngs) == 2

@@ -1,6 +1,7 @@
 """The FID sample command: balanced classes, chunks, resuming, both checkpoint kinds."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -193,6 +194,47 @@ def test_command_on_two_devices_with_other_batches_matches_and_a_fresh_process_r
   assert read.stdout.strip() == "(20, 16, 16, 3) uint8 [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]"
   with np.load(path) as data:  # 2 devices x 3 per batch: as 1 device x 4 in-process
     np.testing.assert_array_equal(data["arr_0"], reference_run[2])
+
+
+_FSDP_WORKER = """
+import sys
+import jax
+from configs import tiny
+from pixnerd_jax.sampling import class_conditional, trained_params
+config = tiny.get_config()
+config.sampling.num_steps = 3
+config.mesh.data, config.mesh.fsdp = 1, -1
+mesh = trained_params.sampling_mesh(config)
+_, params, _ = trained_params.load_checkpoint(sys.argv[1], config, mesh=mesh)
+leaves = jax.tree.leaves(params)
+print("split", sum(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+                   for x in leaves), "of", len(leaves))
+kernel = params["blocks_0"]["attn"]["qkv"]["kernel"]
+print("qkv", kernel.shape, kernel.addressable_shards[0].data.shape)
+print(class_conditional.run(config, sys.argv[1], sys.argv[2], num_samples=20, batch_size=4,
+                            chunk_size=8))
+"""
+
+
+def test_an_fsdp_sampling_mesh_shards_the_params_and_samples_as_one_device(
+    params_checkpoint, reference_run, tmp_path):
+  """config.mesh.fsdp=-1 on 2 devices: the restored params are split over both by the
+  training's rules (no device holds the whole model), and the images are those of the
+  single-device run."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-c", _FSDP_WORKER, params_checkpoint,
+                         str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.strip().splitlines()
+  split, _, total = lines[0].split()[1:]
+  assert int(split) >= int(total) // 2, lines[0]  # every kernel with an 'embed' axis
+  qkv = re.fullmatch(r"qkv \((\d+), (\d+)\) \((\d+), (\d+)\)", lines[1]).groups()
+  assert int(qkv[2]) == int(qkv[0]) // 2 and qkv[1] == qkv[3], lines[1]  # embed halved
+  with np.load(lines[-1]) as data:
+    diff = np.abs(data["arr_0"].astype(int) - reference_run[2].astype(int))
+  assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
 
 
 def test_grid_of_fewer_samples_than_classes(tmp_path):

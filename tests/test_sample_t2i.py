@@ -320,6 +320,10 @@ def test_geneval_and_dpg_inputs_are_checked(tmp_path):
   bad.write_text('{"tag": "x", "prompt": "ok"}\n{"tag": "y"}\n', encoding="utf-8")
   with pytest.raises(ValueError, match=r"metadata.jsonl:2 has no \"prompt\""):
     geneval.read_metadata(str(bad))
+  # Without a tag GenEval cannot score the line: refused at start, not after sampling.
+  bad.write_text('{"tag": "x", "prompt": "ok"}\n\n{"prompt": "no tag"}\n', encoding="utf-8")
+  with pytest.raises(ValueError, match=r"metadata.jsonl:3 has no \"tag\" string"):
+    geneval.read_metadata(str(bad))
   with pytest.raises(ValueError, match="no <name>.txt"):
     dpg.read_prompts(str(tmp_path))
 
@@ -353,6 +357,16 @@ def test_command_dispatches_on_the_model_shards_over_two_devices_and_matches(
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1
   assert "pass exactly one of --prompt, --prompts, --geneval or --dpg" in bad.stderr
+  assert not (tmp_path / "none").exists()
+  # Class-conditional flags are refused, not ignored, and a refused run makes no --out.
+  chunked = subprocess.run(base + ["--prompt=a blue dog", "--num_samples=8", "--chunk_size=4",
+                                   f"--out={tmp_path / 'chunked'}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert chunked.returncode == 1
+  last = chunked.stderr.strip().splitlines()[-1]
+  assert "--num_samples --chunk_size apply to class-conditional checkpoints" in last, last
+  assert "--samples_per_prompt" in last
+  assert not (tmp_path / "chunked").exists()
   class_model = tmp_path / "c2i"
   class_model.mkdir()
   (class_model / "model.json").write_text(json.dumps({"conditioning": "class"}))
@@ -361,6 +375,19 @@ def test_command_dispatches_on_the_model_shards_over_two_devices_and_matches(
                         "--prompt=a cat"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
   assert c2i.returncode == 1 and "--prompt need a text-to-image checkpoint" in c2i.stderr
+
+
+def test_a_refused_run_leaves_no_output_folder(config, ckpt, tmp_path):
+  """Settings the layout refuses are found before --out is made."""
+  prompts_dir = tmp_path / "dpg_prompts"
+  prompts_dir.mkdir()
+  (prompts_dir / "a.txt").write_text("a red cat", encoding="utf-8")
+  out = tmp_path / "dpg_out"
+  with pytest.raises(ValueError, match="4 samples per prompt, not 2"):
+    _run(config, ckpt, out, dpg=str(prompts_dir), samples_per_prompt=2)
+  with pytest.raises(ValueError, match="must be equal"):
+    _run(config, ckpt, out, dpg=str(prompts_dir), height=16, width=32)
+  assert not out.exists()
 
 
 def test_dry_run_traces_the_text_sampler_at_the_asked_size_and_writes_nothing(

@@ -298,6 +298,14 @@ def test_training_with_repa_logs_both_losses(tmp_path):
   state = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert set(state.aux_params) == {"proj_0_0", "proj_0_2", "proj_0_4"}
   assert state.aux_params["proj_0_4"]["kernel"].shape == (32, 32)
+  # The projector trains: every one of its arrays moved from the run's initialisation, by
+  # about two Adam steps of lr 1e-3 (so `initial` is that initialisation).
+  from pixnerd_jax.training import repa
+  initial = repa.init_projector(repa.Projector(out_size=dino.hidden_size),
+                                jax.random.key(config.seed + 1), config.model.hidden_size)
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                       jax.device_get(state.aux_params), jax.device_get(initial))
+  assert min(jax.tree.leaves(moved)) > 1e-6 and max(jax.tree.leaves(moved)) < 1e-2, moved
   _, saved = checkpoint.load_train_state(str(tmp_path / "run"))
   assert "aux_params" in saved and "proj_0_0" in saved["aux_params"]
   from tensorboard.backend.event_processing import event_accumulator

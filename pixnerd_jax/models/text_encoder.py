@@ -1,6 +1,6 @@
 """The text-to-image model's frozen text encoder: Qwen3 weights, tokenizer, encoding.
 
-Reads a local Hugging Face folder (nothing is downloaded), e.g. `Qwen/Qwen3-1.7B` fetched
+Reads a Hugging Face folder, local or gs:// (nothing is downloaded from the Hub), e.g. `Qwen/Qwen3-1.7B` fetched
 once with `huggingface-cli download Qwen/Qwen3-1.7B --local-dir weights/Qwen3-1.7B`:
   config.json                      architecture (models/qwen3.Qwen3Config)
   model.safetensors, or            weights; bf16, fp16 or fp32; keys with or without the
@@ -19,10 +19,14 @@ the denoiser's text width (`embed_dim`). The unconditional input is the encoding
   y = encoder.encode(params, **batch)                     # pure, jittable: (1, 128, 2048)
 """
 
+import contextlib
 import json
 import os
-from typing import Any, Mapping, Sequence
+import shutil
+import tempfile
+from typing import Any, Iterator, Mapping, Sequence
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,28 +55,53 @@ def _dtype(name) -> Any:
   return _DTYPES[name]
 
 
+def _is_file(path) -> bool:
+  return epath.Path(path).is_file()
+
+
 def _require_folder(folder: str) -> None:
-  if not os.path.isdir(folder):
+  if not epath.Path(folder).is_dir():  # epath: local folders and gs:// alike
     raise FileNotFoundError(f"Text encoder folder not found: {folder!r}. Fetch it once with "
                             f"`{DOWNLOAD_HINT}` and point the config at that folder.")
 
 
 def _read_json(path: str) -> dict:
-  with open(path, encoding="utf-8") as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}).") from e
+  try:
+    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}).") from e
+
+
+@contextlib.contextmanager
+def _local_file(path: str) -> Iterator[str]:
+  """A local path with the contents of `path`: itself when local, else a temporary copy
+  (safetensors memory-maps files, which needs a local file; the copy is one shard)."""
+  if os.path.isfile(path):
+    yield path
+    return
+  folder = tempfile.mkdtemp(prefix="text_encoder_")
+  try:
+    local = os.path.join(folder, epath.Path(path).name)
+    with epath.Path(path).open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, 64 << 20)
+    yield local
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_config(folder: str) -> qwen3.Qwen3Config:
   """The Qwen3Config of a Hugging Face folder's config.json."""
   _require_folder(folder)
   path = os.path.join(folder, CONFIG_FILE)
-  if not os.path.isfile(path):
+  if not _is_file(path):
     raise FileNotFoundError(f"No {CONFIG_FILE} in the text encoder folder {folder!r}; it must "
                             "be a complete Hugging Face model folder.")
-  return qwen3.Qwen3Config.from_hf_json(path)
+  try:
+    return qwen3.Qwen3Config.from_dict(_read_json(path))
+  except qwen3.Qwen3ConfigError:
+    raise
+  except ValueError as e:  # not JSON
+    raise qwen3.Qwen3ConfigError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------- weights
@@ -100,18 +129,18 @@ def weight_files(folder: str) -> list[str]:
   """The safetensors files of a folder: the shards named by the index, or the single file."""
   _require_folder(folder)
   index = os.path.join(folder, WEIGHTS_INDEX_FILE)
-  if os.path.isfile(index):
+  if _is_file(index):
     weight_map = _read_json(index).get("weight_map")
     if not isinstance(weight_map, Mapping) or not weight_map:
       raise ConversionError(f"{index} has no weight_map; re-save the model with "
                             "save_pretrained(safe_serialization=True).")
     files = [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
-    absent = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+    absent = [os.path.basename(f) for f in files if not _is_file(f)]
     if absent:
       raise FileNotFoundError(f"{index} names shards that are not in {folder!r}: {absent}.")
     return files
   single = os.path.join(folder, WEIGHTS_FILE)
-  if os.path.isfile(single):
+  if _is_file(single):
     return [single]
   raise FileNotFoundError(f"No {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in {folder!r} (only "
                           "safetensors are read; re-save .bin weights with "
@@ -138,7 +167,7 @@ def load_params(folder: str, config: qwen3.Qwen3Config, dtype: str = "bfloat16")
   flat, unexpected, misshaped, duplicated = {}, [], [], []
   seen = set()  # HF keys found, whatever their shape
   for path in weight_files(folder):
-    with safe_open(path, framework="numpy") as f:
+    with _local_file(path) as local, safe_open(local, framework="numpy") as f:
       for file_key in f.keys():
         key = file_key[len(_PREFIX):] if file_key.startswith(_PREFIX) else file_key
         if key in _IGNORED_KEYS:
@@ -193,7 +222,7 @@ def find_pad_id(folder: str, tokenizer: Tokenizer) -> int:
   """The padding id: tokenizer_config.json's pad_token, else tokenizer.json's padding,
   else config.json's pad_token_id, else its eos_token_id."""
   tok_config = os.path.join(folder, TOKENIZER_CONFIG_FILE)
-  if os.path.isfile(tok_config):
+  if _is_file(tok_config):
     name = _token_name(_read_json(tok_config).get("pad_token"))
     if name is not None:
       pad_id = tokenizer.token_to_id(name)
@@ -204,7 +233,7 @@ def find_pad_id(folder: str, tokenizer: Tokenizer) -> int:
   if tokenizer.padding is not None:
     return int(tokenizer.padding["pad_id"])
   config_path = os.path.join(folder, CONFIG_FILE)
-  config = _read_json(config_path) if os.path.isfile(config_path) else {}
+  config = _read_json(config_path) if _is_file(config_path) else {}
   for field in ("pad_token_id", "eos_token_id"):
     value = config.get(field)
     if isinstance(value, (list, tuple)):
@@ -219,10 +248,10 @@ def load_tokenizer(folder: str) -> tuple[Tokenizer, int]:
   """(tokenizer, pad id) of a Hugging Face folder."""
   _require_folder(folder)
   path = os.path.join(folder, TOKENIZER_FILE)
-  if not os.path.isfile(path):
+  if not _is_file(path):
     raise FileNotFoundError(f"No {TOKENIZER_FILE} in the text encoder folder {folder!r} (the "
                             "fast-tokenizer file every Qwen3 release ships).")
-  tokenizer = Tokenizer.from_file(path)
+  tokenizer = Tokenizer.from_str(epath.Path(path).read_text(encoding="utf-8"))
   return tokenizer, find_pad_id(folder, tokenizer)
 
 
@@ -360,27 +389,27 @@ class TextEncoder:
   def save_pretrained(self, folder: str, params) -> None:
     """Writes a Hugging Face folder (config.json, model.safetensors, tokenizer files)
     that transformers' Qwen3Model/AutoTokenizer and `from_pretrained` read back."""
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-    os.makedirs(folder, exist_ok=True)
+    from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
+    root = epath.Path(folder)  # local or gs://
+    root.mkdir(parents=True, exist_ok=True)
     state = params_to_hf(jax.device_get(params))
     dtype = {str(np.dtype(v.dtype)) for v in state.values()}
     config = self.config.to_hf_dict()
     config.update(pad_token_id=self.pad_id, dtype=dtype.pop() if len(dtype) == 1 else "float32")
-    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
-      json.dump(config, f, indent=2)
-    save_file(state, os.path.join(folder, WEIGHTS_FILE), metadata={"format": "pt"})
+    (root / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (root / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": "pt"}))
     plain = Tokenizer.from_str(self.tokenizer.to_str())
     plain.no_truncation()
     plain.no_padding()
-    plain.save(os.path.join(folder, TOKENIZER_FILE))
+    (root / TOKENIZER_FILE).write_text(plain.to_str(), encoding="utf-8")
     # The generic fast tokenizer class, so that AutoTokenizer runs tokenizer.json as it is
     # (without it, model_type qwen3 selects Qwen2Tokenizer, which rebuilds a byte-level BPE).
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast",
                   "pad_token": self.tokenizer.id_to_token(self.pad_id),
                   "padding_side": "right",
                   "model_max_length": self.config.max_position_embeddings}
-    with open(os.path.join(folder, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
-      json.dump(tok_config, f, indent=2)
+    (root / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tok_config, indent=2),
+                                              encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- runs
@@ -398,7 +427,7 @@ def folder_for_run(text_encoder_config, workdir: str | None = None) -> str:
   if path:
     _require_folder(path)
     return path
-  if workdir and os.path.isfile(os.path.join(workdir, STAND_IN_DIR, CONFIG_FILE)):
+  if workdir and _is_file(os.path.join(workdir, STAND_IN_DIR, CONFIG_FILE)):
     return os.path.join(workdir, STAND_IN_DIR)
   where = f" and {os.path.join(workdir, STAND_IN_DIR)} does not exist" if workdir else ""
   raise FileNotFoundError(

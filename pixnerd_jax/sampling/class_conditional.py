@@ -19,6 +19,7 @@ import time
 import zipfile
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pixnerd_jax.diffusion import samplers
 from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.models import count_params
+from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.sampling import trained_params
 from pixnerd_jax.sampling.trained_params import load_checkpoint
 from pixnerd_jax.training import dry_run
 
@@ -52,20 +55,20 @@ def chunk_ranges(num_samples: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def _chunk_is_complete(path: str, start: int, end: int) -> bool:
   """Whether a chunk file exists and holds exactly samples start..end-1."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return False
   try:
-    with np.load(path) as data:  # reads only the small `indices` member
+    with epath.Path(path).open("rb") as f, np.load(f) as data:  # only the small `indices`
       return np.array_equal(data["indices"], np.arange(start, end))
   except (OSError, ValueError, KeyError, zipfile.BadZipFile):
     return False
 
 
 def _write_atomic_npz(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
+  tmp = epath.Path(f"{path}.tmp{os.getpid()}")  # local or gs://
+  with tmp.open("wb") as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 def manifest(model, settings: dict, *, resolution: int, num_samples: int, seed: int,
@@ -80,11 +83,10 @@ def manifest(model, settings: dict, *, resolution: int, num_samples: int, seed: 
 
 def manifest_conflict(out: str, manifest_now: dict) -> str | None:
   """Why out/run.json says its chunks were made with other settings, or None."""
-  path = os.path.join(out, MANIFEST)
-  if not os.path.exists(path):
+  path = epath.Path(out) / MANIFEST
+  if not path.exists():
     return None
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(path.read_text())
   diff = {k: (old.get(k), v) for k, v in manifest_now.items() if old.get(k) != v}
   if diff:
     return (f"{out} holds samples made with other settings ({diff}, as (before, now)). "
@@ -94,16 +96,15 @@ def manifest_conflict(out: str, manifest_now: dict) -> str | None:
 
 def _check_manifest(out: str, manifest: dict) -> None:
   """Refuses to mix chunks made with different settings in one output directory."""
-  path = os.path.join(out, MANIFEST)
-  if os.path.exists(path):
+  path = epath.Path(out) / MANIFEST
+  if path.exists():
     conflict = manifest_conflict(out, manifest)
     if conflict:
       raise ValueError(conflict)
   elif jax.process_index() == 0:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    tmp = epath.Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -113,8 +114,8 @@ def make_sample_fn(model, settings: dict, image_shape: tuple[int, int, int], mes
   """A jitted (params, seed, indices (B,), labels (B,)) -> float32 (B, H, W, C) samples.
 
   Noise and SDE keys come from each sample's index, so a sample does not depend on its
-  batch. B must be a multiple of the mesh size; the batch is split over the mesh.
-  Cached: the same model, settings, shape and mesh reuse one compiled function.
+  batch. B must be a multiple of the mesh size; the batch is split over the mesh's batch
+  axes, the params as `trained_params.param_shardings` (training's rules). Cached: the same model, settings, shape and mesh reuse one compiled function.
   """
   return _cached_sample_fn(model, tuple(sorted(settings.items())), tuple(image_shape), mesh)
 
@@ -132,8 +133,9 @@ def _cached_sample_fn(model, settings: tuple, image_shape: tuple, mesh: Mesh):
     return samplers.sample(velocity, noise, labels, key=sde_keys,
                            null_class=model.num_classes, **settings)
 
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
-  return jax.jit(fn, in_shardings=(replicated, replicated, batch, batch),
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(trained_params.param_shardings(model, mesh), replicated,
+                                   batch, batch),
                  out_shardings=batch)
 
 
@@ -144,7 +146,7 @@ def _format_seconds(seconds: float) -> str:
 
 def generate(out: str, model, params, settings: dict, *, resolution: int, num_samples: int,
              batch_size: int = 64, chunk_size: int = 1000, seed: int = 0,
-             manifest_extra: dict | None = None) -> list[str]:
+             manifest_extra: dict | None = None, mesh: Mesh | None = None) -> list[str]:
   """Writes this process's missing chunk files; returns all chunk paths.
 
   Args:
@@ -152,18 +154,20 @@ def generate(out: str, model, params, settings: dict, *, resolution: int, num_sa
     settings: keyword arguments of `samplers.sample` (see `settings_from_config`).
     resolution: square image side.
     batch_size: samples per model call on this host (rounded up to the device count).
+    mesh: the sampling mesh (`trained_params.sampling_mesh`); default data parallel over
+      this process's devices.
   """
-  os.makedirs(out, exist_ok=True)
+  epath.Path(out).mkdir(parents=True, exist_ok=True)  # local or gs://
   image_shape = (resolution, resolution, model.in_channels)
   _check_manifest(out, manifest(model, settings, resolution=resolution,
                                 num_samples=num_samples, seed=seed,
                                 manifest_extra=manifest_extra))
 
-  devices = jax.local_devices()
-  mesh = Mesh(np.array(devices), ("batch",))
-  batch_size = math.ceil(batch_size / len(devices)) * len(devices)
+  mesh = mesh or mesh_lib.create_mesh(None, jax.local_devices())
+  devices = mesh.devices.size
+  batch_size = math.ceil(batch_size / devices) * devices
   sample_fn = make_sample_fn(model, settings, image_shape, mesh)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  params = jax.device_put(params, trained_params.param_shardings(model, mesh))
 
   ranges = chunk_ranges(num_samples, chunk_size)
   paths = [os.path.join(out, CHUNK_PATTERN.format(c)) for c in range(len(ranges))]
@@ -201,19 +205,20 @@ def assemble(out: str, chunk_paths: list[str], num_samples: int) -> str:
   Returns:
     The path, out/samples_{N}x{H}x{W}x{C}.npz.
   """
-  with np.load(chunk_paths[0]) as first:
+  with epath.Path(chunk_paths[0]).open("rb") as f, np.load(f) as first:
     sample_shape = first["images"].shape[1:]
   shape = (num_samples,) + tuple(sample_shape)
   path = os.path.join(out, "samples_{}.npz".format("x".join(map(str, shape))))
   labels = []
-  tmp = f"{path}.tmp"
-  with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+  tmp = epath.Path(f"{path}.tmp")
+  with tmp.open("wb") as out_file, zipfile.ZipFile(out_file, "w", zipfile.ZIP_STORED,
+                                                   allowZip64=True) as zf:
     with zf.open("arr_0.npy", "w", force_zip64=True) as f:
       np.lib.format.write_array_header_1_0(
           f, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": shape})
       written = 0
       for chunk in chunk_paths:
-        with np.load(chunk) as data:
+        with epath.Path(chunk).open("rb") as chunk_file, np.load(chunk_file) as data:
           images = data["images"]
           if images.shape[1:] != sample_shape or images.dtype != np.uint8:
             raise ValueError(f"{chunk}: images {images.shape} {images.dtype} do not match "
@@ -225,7 +230,7 @@ def assemble(out: str, chunk_paths: list[str], num_samples: int) -> str:
       raise ValueError(f"The chunks hold {written} samples, expected {num_samples}.")
     with zf.open("arr_1.npy", "w") as f:
       np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
-  os.replace(tmp, path)
+  tmp.replace(path)
   return path
 
 
@@ -257,7 +262,7 @@ def write_grid(chunk_paths: list[str], ranges: list[tuple[int, int]], num_sample
   for path, (start, end) in zip(chunk_paths, ranges):
     inside = [i for i in wanted if start <= i < end]
     if inside:
-      with np.load(path) as data:
+      with epath.Path(path).open("rb") as f, np.load(f) as data:
         images = data["images"]
         tiles.update({i: images[i - start] for i in inside})
   grid = images_lib.make_grid(np.stack([tiles[i] for i in wanted]), len(classes))
@@ -267,9 +272,9 @@ def write_grid(chunk_paths: list[str], ranges: list[tuple[int, int]], num_sample
 
 def _remove_chunks(chunk_paths: list[str]) -> None:
   """The chunks are in the final .npz now; they only served resuming."""
-  for path in chunk_paths:
-    if os.path.exists(path):
-      os.remove(path)
+  for path in map(epath.Path, chunk_paths):
+    if path.exists():
+      path.unlink()
 
 
 def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size: int = 64,
@@ -277,14 +282,15 @@ def run(config, checkpoint_path: str, out: str, *, num_samples: int, batch_size:
         grid: bool = True, **sampling_overrides) -> str | None:
   """The whole command; returns the .npz path (process 0) or None (other processes)."""
   settings = samplers.settings_from_config(config.sampling, **sampling_overrides)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   logging.debug("Sampling with %s", settings)
   if jax.process_index() == 0:
     print(f"[sample] {num_samples} images at {config.data.resolution} px from {source}",
           file=sys.stderr, flush=True)
   paths = generate(out, model, params, settings, resolution=config.data.resolution,
                    num_samples=num_samples, batch_size=batch_size, chunk_size=chunk_size,
-                   seed=seed, manifest_extra=dict(checkpoint=source))
+                   seed=seed, manifest_extra=dict(checkpoint=source), mesh=mesh)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("pixnerd_sample_chunks_written")
@@ -325,7 +331,8 @@ def dry_run_report(config, checkpoint_path: str, out: str, *, num_samples: int,
   """
   started = time.perf_counter()
   settings = samplers.settings_from_config(config.sampling, **sampling_overrides)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
   ranges = chunk_ranges(num_samples, chunk_size)
   devices = jax.local_devices()
@@ -347,11 +354,10 @@ def dry_run_report(config, checkpoint_path: str, out: str, *, num_samples: int,
                f"{jax.process_count()} process(es)")
   dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
 
-  mesh = Mesh(np.array(devices), ("batch",))
   sample_fn = make_sample_fn(model, settings, (res, res, model.in_channels), mesh)
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
   indices = jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch)
-  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+  traced = sample_fn.trace(dry_run.abstract(params, trained_params.param_shardings(model, mesh)),
                            jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
                            indices, indices)
   out_shape = tuple(traced.out_info.shape)

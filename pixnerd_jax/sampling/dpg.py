@@ -17,6 +17,7 @@ import json
 import os
 from typing import Sequence
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -29,16 +30,16 @@ PNG_TEXT_KEY = "pixnerd"
 def read_prompts(folder: str) -> tuple[list[str], list[str]]:
   """(names, prompts) of the folder's `<name>.txt` files, sorted by name; each file's text,
   whitespace-stripped."""
-  if not os.path.isdir(folder):
+  if not epath.Path(folder).is_dir():  # local or gs://
     raise FileNotFoundError(f"DPG-Bench prompt folder not found: {folder} (the official "
                             "repository's dpg_bench/prompts/).")
-  names = sorted(f[:-len(".txt")] for f in os.listdir(folder) if f.endswith(".txt"))
+  names = sorted(p.name[:-len(".txt")] for p in epath.Path(folder).iterdir()
+                 if p.name.endswith(".txt"))
   if not names:
     raise ValueError(f"{folder} has no <name>.txt prompt files.")
   prompts = []
   for name in names:
-    with open(os.path.join(folder, f"{name}.txt"), encoding="utf-8") as f:
-      prompt = f.read().strip()
+    prompt = epath.Path(folder, f"{name}.txt").read_text(encoding="utf-8").strip()
     if not prompt:
       raise ValueError(f"{os.path.join(folder, name + '.txt')} is empty.")
     prompts.append(prompt)
@@ -60,7 +61,7 @@ def image_path(out: str, name: str) -> str:
 
 def read_png_manifest(path: str) -> dict | None:
   """The settings a PNG of ours carries (without its prompt), or None."""
-  with Image.open(path) as image:
+  with epath.Path(path).open("rb") as f, Image.open(f) as image:
     text = getattr(image, "text", {}).get(PNG_TEXT_KEY)
   if text is None:
     return None
@@ -85,12 +86,12 @@ def layout(out: str, names: Sequence[str], prompts: Sequence[str], manifest: dic
 
   def read_manifest():
     for name in names:
-      if os.path.exists(image_path(out, name)):
+      if epath.Path(image_path(out, name)).exists():
         return read_png_manifest(image_path(out, name)) or {"note": "a PNG not made here"}
     return None
 
   return text_to_image.Layout(prompts=list(prompts), samples_per_prompt=SAMPLES_PER_PROMPT,
                            noise_index=lambda i, k: k,
-                           is_done=lambda i: os.path.exists(image_path(out, names[i])),
+                           is_done=lambda i: epath.Path(image_path(out, names[i])).exists(),
                            write=write, read_manifest=read_manifest,
                            write_manifest=lambda manifest: None)

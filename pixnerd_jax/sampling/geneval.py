@@ -1,8 +1,8 @@
 """GenEval image generation in the layout GenEval's evaluator reads.
 
 Input: GenEval's `evaluation_metadata.jsonl` (or the rephrased variant the reference
-sampled from), one JSON object a line with at least "prompt" (and "tag", "include", ...
-which the evaluator uses). Output, for prompt index i (the line number from 0) and
+sampled from), one JSON object a line with at least "prompt" and "tag" (and "include",
+... which the evaluator uses). Output, for prompt index i (the line number from 0) and
 sample k (djghosh13/geneval, evaluation/evaluate_images.py):
 
   <out>/<i:05d>/metadata.jsonl          that line's object, as written in the input
@@ -18,6 +18,8 @@ import json
 import os
 from typing import Sequence
 
+from etils import epath
+
 from pixnerd_jax.sampling import text_to_image
 
 METADATA = "metadata.jsonl"
@@ -25,11 +27,11 @@ METADATA = "metadata.jsonl"
 
 def read_metadata(path: str) -> list[dict]:
   """The objects of an evaluation_metadata.jsonl, each with a string "prompt"."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():  # local or gs://
     raise FileNotFoundError(f"GenEval metadata not found: {path} (GenEval's "
                             "prompts/evaluation_metadata.jsonl).")
   entries = []
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open("r", encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -40,6 +42,12 @@ def read_metadata(path: str) -> list[dict]:
       if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
         raise ValueError(f"{path}:{number} has no \"prompt\" string; is this GenEval's "
                          "evaluation_metadata.jsonl?")
+      if not isinstance(entry.get("tag"), str):
+        # GenEval's evaluator scores each image by its prompt's tag: without one the whole
+        # run would be sampled and then fail to score.
+        raise ValueError(f"{path}:{number} has no \"tag\" string (GenEval scores each "
+                         "prompt by its tag, e.g. \"single_object\"); use GenEval's "
+                         "prompts/evaluation_metadata.jsonl or give every line its tag.")
       entries.append(entry)
   if not entries:
     raise ValueError(f"{path} holds no prompts.")
@@ -60,11 +68,11 @@ def layout(out: str, metadata: Sequence[dict], samples_per_prompt: int = 4
   n = samples_per_prompt
 
   def is_done(i):
-    return (os.path.exists(os.path.join(prompt_dir(out, i), METADATA))
-            and all(os.path.exists(sample_path(out, i, k)) for k in range(n)))
+    return (epath.Path(prompt_dir(out, i), METADATA).exists()
+            and all(epath.Path(sample_path(out, i, k)).exists() for k in range(n)))
 
   def write(i, images):
-    os.makedirs(os.path.dirname(sample_path(out, i, 0)), exist_ok=True)
+    epath.Path(sample_path(out, i, 0)).parent.mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(images):
       text_to_image.save_png(sample_path(out, i, k), image)
     line = json.dumps(metadata[i], ensure_ascii=False) + "\n"
@@ -78,5 +86,4 @@ def layout(out: str, metadata: Sequence[dict], samples_per_prompt: int = 4
 
 
 def _write_text(path: str, text: str) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+  epath.Path(path).write_text(text, encoding="utf-8")

@@ -32,6 +32,7 @@ import time
 from typing import Callable, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +44,8 @@ from pixnerd_jax.evaluation import images as images_lib
 from pixnerd_jax.models import count_params
 from pixnerd_jax.models import text_encoder as text_encoder_lib
 from pixnerd_jax.models.pixnerd import heavy_decoder_geometry
+from pixnerd_jax.runtime import mesh as mesh_lib
+from pixnerd_jax.sampling import trained_params
 from pixnerd_jax.sampling.trained_params import load_checkpoint
 from pixnerd_jax.training import checkpoint
 from pixnerd_jax.training import dry_run
@@ -67,10 +70,9 @@ _SAMPLER_FIELDS = ("sampler", "order", "num_steps", "guidance", "guidance_interv
 def is_text_checkpoint(path: str, config) -> bool:
   """Whether a checkpoint holds a text-to-image model: its model.json says so (params
   checkpoints), else config.model does (training workdirs)."""
-  model_json = os.path.join(path, checkpoint.MODEL_JSON)
-  if os.path.isfile(model_json):
-    with open(model_json) as f:
-      return json.load(f).get("conditioning", "class") == "text"
+  model_json = epath.Path(path) / checkpoint.MODEL_JSON  # local or gs://
+  if model_json.is_file():
+    return json.loads(model_json.read_text()).get("conditioning", "class") == "text"
   return config.model.get("conditioning", "class") == "text"
 
 
@@ -185,8 +187,9 @@ def _cached_sample_fn(model, settings: tuple, image_shape: tuple, mesh: Mesh):
     velocity = lambda x, t, y, h=None: model.apply({"params": params}, x, t, y, h)
     return samplers.sample(velocity, noise, text, key=sde_keys, null_class=null, **settings)
 
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
-  return jax.jit(fn, in_shardings=(replicated, replicated, batch, batch, replicated),
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(trained_params.param_shardings(model, mesh), replicated,
+                                   batch, batch, replicated),
                  out_shardings=batch)
 
 
@@ -221,7 +224,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 def generate(layout: Layout, model, params, encoder, text_params, settings: dict, *,
-             height: int, width: int, batch_size: int = 8, seed: int = 0) -> int:
+             height: int, width: int, batch_size: int = 8, seed: int = 0,
+             mesh: Mesh | None = None) -> int:
   """Makes this process's unfinished prompts; returns how many images it made.
 
   Prompt i belongs to process i % process_count. Its samples are batched with other
@@ -230,6 +234,8 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
   Args:
     model: from `model_for_size` (its size must be height x width).
     encoder, text_params: the text encoder (`load_text_encoder`).
+    mesh: the sampling mesh (`trained_params.sampling_mesh`); default data parallel over
+      this process's devices.
   """
   n = layout.samples_per_prompt
   mine = [i for i in range(len(layout.prompts))
@@ -242,12 +248,12 @@ def generate(layout: Layout, model, params, encoder, text_params, settings: dict
   if not work:
     return 0
 
-  devices = jax.local_devices()
-  mesh = Mesh(np.array(devices), ("batch",))
+  mesh = mesh or mesh_lib.create_mesh(None, jax.local_devices())
+  devices = mesh.devices.size
   # No bigger than the work (a few prompts need no batch of 64), a multiple of the devices.
-  batch_size = math.ceil(min(batch_size, len(work)) / len(devices)) * len(devices)
+  batch_size = math.ceil(min(batch_size, len(work)) / devices) * devices
   sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels), mesh)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  params = jax.device_put(params, trained_params.param_shardings(model, mesh))
   null = np.asarray(encoder.unconditional(text_params))
   pending = {}  # prompt index -> {k: image}
   started, made = time.perf_counter(), 0
@@ -298,10 +304,10 @@ def check_manifest(old: dict | None, manifest: dict, out: str) -> None:
 
 
 def read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(path.read_text(encoding="utf-8"))
 
 
 def json_manifest(out: str, name: str = MANIFEST):
@@ -312,8 +318,7 @@ def json_manifest(out: str, name: str = MANIFEST):
 
 
 def _write_json(path: str, value) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
+  epath.Path(path).write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def write_atomic(path: str, write: Callable[[str], None]) -> None:
@@ -322,7 +327,7 @@ def write_atomic(path: str, write: Callable[[str], None]) -> None:
   folder, name = os.path.split(path)
   tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
   write(tmp)
-  os.replace(tmp, path)
+  epath.Path(tmp).replace(path)  # local or gs:// (a copy and a delete there)
 
 
 def save_png(path: str, image: np.ndarray, text: dict[str, str] | None = None) -> None:
@@ -333,7 +338,11 @@ def save_png(path: str, image: np.ndarray, text: dict[str, str] | None = None) -
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
       info.add_text(key, value)
-  write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", pnginfo=info))
+  def write(tmp):
+    with epath.Path(tmp).open("wb") as f:
+      Image.fromarray(image).save(f, format="PNG", pnginfo=info)
+
+  write_atomic(path, write)
 
 
 # ----------------------------------------------------------------------------- prompt files
@@ -341,10 +350,9 @@ def save_png(path: str, image: np.ndarray, text: dict[str, str] | None = None) -
 
 def read_prompt_file(path: str) -> list[str]:
   """Prompts one a line; blank lines are skipped."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"Prompt file not found: {path}.")
-  with open(path, encoding="utf-8") as f:
-    prompts = [line.strip() for line in f]
+  prompts = [line.strip() for line in epath.Path(path).read_text(encoding="utf-8").splitlines()]
   prompts = [p for p in prompts if p]
   if not prompts:
     raise ValueError(f"{path} holds no prompts (one a line).")
@@ -366,7 +374,7 @@ def prompt_layout(out: str, prompts: Sequence[str], samples_per_prompt: int, *,
   n = samples_per_prompt
 
   def write(i, images):
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    epath.Path(out, "images").mkdir(parents=True, exist_ok=True)
     for k, image in enumerate(images):
       save_png(image_path(out, i, k), image)
 
@@ -381,18 +389,19 @@ def prompt_layout(out: str, prompts: Sequence[str], samples_per_prompt: int, *,
   read_manifest, write_manifest = json_manifest(out)
   return Layout(prompts=list(prompts), samples_per_prompt=n,
                 noise_index=lambda i, k: i * n + k,
-                is_done=lambda i: all(os.path.exists(image_path(out, i, k)) for k in range(n)),
+                is_done=lambda i: all(epath.Path(image_path(out, i, k)).exists()
+                                     for k in range(n)),
                 write=write, read_manifest=read_manifest, write_manifest=write_manifest,
                 finish=finish)
 
 
 def _write_lines(path: str, lines: Sequence[str]) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(f"{line}\n" for line in lines)
+  epath.Path(path).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def _tile(path: str, size: int) -> np.ndarray:
-  image = Image.open(path).convert("RGB")
+  with epath.Path(path).open("rb") as f:
+    image = Image.open(f).convert("RGB")
   if max(image.size) > size:
     scale = size / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
@@ -407,7 +416,7 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
         layout_name: str, prompts: Sequence[str], samples_per_prompt: int,
         height: int | None = None, width: int | None = None, batch_size: int = 8,
         seed: int = 0, field_chunk_pixels: int = DEFAULT_FIELD_CHUNK_PIXELS,
-        **sampling_overrides) -> str:
+        mesh: Mesh | None = None, **sampling_overrides) -> str:
   """The text-to-image command on a loaded checkpoint; returns `out`.
 
   Args:
@@ -423,12 +432,13 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
   height, width = height or resolution, width or resolution
   model = model_for_size(model, resolution, height, width, field_chunk_pixels)
   encoder, text_params = load_text_encoder(config, model, checkpoint_path)
-  os.makedirs(out, exist_ok=True)
   manifest = manifest_for(settings, height=height, width=width, seed=seed,
                           samples_per_prompt=samples_per_prompt, prompts=prompts,
                           source=source, layout=layout_name)
-  layout = make_layout(manifest)
+  layout = make_layout(manifest)  # refuses settings the layout cannot hold
   check_manifest(layout.read_manifest(), manifest, out)
+  # Only once everything is accepted: a refused run leaves no empty --out behind.
+  epath.Path(out).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     layout.write_manifest(manifest)
   logging.debug("Sampling with %s", settings)
@@ -436,7 +446,7 @@ def run(config, model, params, source: str, checkpoint_path: str, out: str, make
     print(f"[sample] {len(prompts)} prompts x {samples_per_prompt} images at {height}x{width} "
           f"from {source}", file=sys.stderr, flush=True)
   generate(layout, model, params, encoder, text_params, settings, height=height, width=width,
-           batch_size=batch_size, seed=seed)
+           batch_size=batch_size, seed=seed, mesh=mesh)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("pixnerd_t2i_samples_written")
@@ -489,10 +499,11 @@ def run_text(config, checkpoint_path: str, out: str, *, prompts=None, prompts_fi
   prompts, make_layout, layout_name = _text_request(
       out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
       samples_per_prompt=samples_per_prompt, grid=grid)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   return run(config, model, params, source, checkpoint_path, out, make_layout,
-                        layout_name=layout_name, prompts=prompts,
-                        samples_per_prompt=samples_per_prompt, **kwargs)
+             layout_name=layout_name, prompts=prompts, samples_per_prompt=samples_per_prompt,
+             mesh=mesh, **kwargs)
 
 
 def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
@@ -509,7 +520,8 @@ def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
       out, prompts=prompts, prompts_file=prompts_file, geneval=geneval, dpg=dpg,
       samples_per_prompt=samples_per_prompt, grid=grid)
   settings = sampling_settings(config.sampling, **sampling_overrides)
-  model, params, source = load_checkpoint(checkpoint_path, config, online, step)
+  mesh = trained_params.sampling_mesh(config)
+  model, params, source = load_checkpoint(checkpoint_path, config, online, step, mesh=mesh)
   dry_run.line("checkpoint", f"{source}: {count_params(params):,} params")
   res = int(config.data.resolution)
   height, width = height or res, width or res
@@ -532,13 +544,11 @@ def dry_run_text_report(config, checkpoint_path: str, out: str, *, prompts=None,
                f"({layout_name} layout, {done} already in {out}); {per_call} per model call "
                f"over {len(devices)} local device(s), {jax.process_count()} process(es)")
   dry_run.line("sampler", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
-  mesh = Mesh(np.array(devices), ("batch",))
-  sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels),
-                                        mesh)
-  replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+  sample_fn = make_sample_fn(model, settings, (height, width, model.in_channels), mesh)
+  replicated, batch = NamedSharding(mesh, P()), trained_params.batch_sharding(mesh)
   null = np.asarray(encoder.unconditional(text_params))  # computed once, cached
   text = jax.ShapeDtypeStruct((per_call,) + tuple(null.shape[1:]), null.dtype, sharding=batch)
-  traced = sample_fn.trace(dry_run.abstract(params, replicated),
+  traced = sample_fn.trace(dry_run.abstract(params, trained_params.param_shardings(model, mesh)),
                            jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
                            jax.ShapeDtypeStruct((per_call,), np.int32, sharding=batch), text,
                            jax.ShapeDtypeStruct(null.shape, null.dtype, sharding=replicated))

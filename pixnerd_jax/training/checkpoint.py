@@ -24,6 +24,13 @@ class CheckpointError(ValueError):
   """A checkpoint directory is missing, incomplete or unreadable."""
 
 
+def absolute(path) -> epath.Path:
+  """`path` as an absolute epath.Path; gs:// and other URLs are left as they are
+  (epath's `absolute()` would prefix them with the working directory)."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
+
+
 def save_params(directory: str, params, model_config: dict) -> None:
   """Writes params and their model config; overwrites an existing params checkpoint."""
   path = epath.Path(directory)
@@ -31,15 +38,29 @@ def save_params(directory: str, params, model_config: dict) -> None:
   try:
     path.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(path.absolute() / PARAMS_DIR, params, force=True)
+      ckptr.save(absolute(path) / PARAMS_DIR, params, force=True)
     (path / MODEL_JSON).write_text(json.dumps(dict(model_config), indent=2, sort_keys=True))
   except (OSError, ValueError) as e:
     raise CheckpointError(f"Could not write the params checkpoint {directory}: choose a "
                           f"writable directory with free space. ({console.summary(e, 200)})") from e
 
 
-def load_params(directory: str):
-  """Reads (model config dict, params) written by `save_params`."""
+def _is_array_metadata(m) -> bool:
+  return hasattr(m, "shape") and hasattr(m, "dtype")
+
+
+def _host_restore_args(tree):
+  """Restore args that read every array of `tree` (metadata or shapes) into numpy."""
+  return jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
+                      is_leaf=_is_array_metadata)
+
+
+def load_params(directory: str, on_host: bool = False):
+  """Reads (model config dict, params) written by `save_params`.
+
+  on_host: numpy arrays in host memory instead of arrays on a device (the caller then
+  places each device's shard: sampling a model too large for one device).
+  """
   path = epath.Path(directory)
   model_json = path / MODEL_JSON
   if not (path / PARAMS_DIR).exists() or not model_json.exists():
@@ -48,8 +69,17 @@ def load_params(directory: str):
         "(made by `python -m pixnerd_jax.convert checkpoint`).")
   try:
     model_config = json.loads(model_json.read_text())
-    with ocp.StandardCheckpointer() as ckptr:
-      params = ckptr.restore(path.absolute() / PARAMS_DIR)
+    if on_host:
+      handler = ocp.PyTreeCheckpointHandler()
+      try:
+        item = absolute(path) / PARAMS_DIR
+        params = handler.restore(item, args=ocp.args.PyTreeRestore(
+            restore_args=_host_restore_args(handler.metadata(item).tree)))
+      finally:
+        handler.close()
+    else:
+      with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(absolute(path) / PARAMS_DIR)
   except Exception as e:  # orbax/tensorstore raise many types for damaged files
     raise CheckpointError(
         f"Could not read the params checkpoint {directory}: it is damaged or incomplete; "
@@ -68,7 +98,7 @@ def create_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, create=True, enable_async_checkpointing=True,
       cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(epath.Path(workdir).absolute() / "checkpoints",
+  return ocp.CheckpointManager(absolute(workdir) / "checkpoints",
                                options=options, item_handlers=_item_handlers())
 
 
@@ -312,16 +342,18 @@ def match_params(params, reference, source: str):
 
 
 def load_train_state(workdir: str, step: int | None = None,
-                     only: tuple[str, ...] | None = None) -> tuple[int, dict]:
+                     only: tuple[str, ...] | None = None,
+                     on_host: bool = False) -> tuple[int, dict]:
   """(step, state as nested dicts) from a training workdir: params, ema_params, ... .
 
   Reads the given step, or the newest checkpoint that reads (a damaged newer one is
   skipped with a warning, and left in place), onto this process's first device, whatever
   mesh or host count wrote it; no config or model needed. `only` names the entries to
   read (e.g. ('ema_params',) for sampling): the others (the optimizer's moments, 2x the
-  params) are neither read nor held in memory.
+  params) are neither read nor held in memory. on_host: numpy arrays in host memory
+  instead (no device holds the whole state; the caller places the shards).
   """
-  directory = epath.Path(workdir).absolute() / "checkpoints"
+  directory = absolute(workdir) / "checkpoints"
   if not directory.exists():
     raise CheckpointError(f"No checkpoints in {workdir}: {directory} does not exist.")
   steps = complete_steps(directory)
@@ -333,7 +365,7 @@ def load_train_state(workdir: str, step: int | None = None,
   candidates = [step] if step is not None else steps[::-1]
   for candidate in candidates:
     try:
-      return candidate, _read_state(directory, candidate, only)
+      return candidate, _read_state(directory, candidate, only, on_host)
     except Exception as e:  # pylint: disable=broad-except  # damaged files raise many types
       logging.debug("Reading step %d failed", candidate, exc_info=e)
       problem = console.summary(e, 200)
@@ -349,7 +381,8 @@ def load_train_state(workdir: str, step: int | None = None,
                         f"{problem})")
 
 
-def _read_state(directory: epath.Path, step: int, only: tuple[str, ...] | None = None) -> dict:
+def _read_state(directory: epath.Path, step: int, only: tuple[str, ...] | None = None,
+                on_host: bool = False) -> dict:
   # The handler alone: a Checkpointer on the item directory would warn that the step's
   # metadata file is not there (it is one level up).
   handler = ocp.StandardCheckpointHandler()
@@ -365,15 +398,16 @@ def _read_state(directory: epath.Path, step: int, only: tuple[str, ...] | None =
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata,
         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-    if only is None:
+    if only is None and not on_host:
       return handler.restore(path, args=ocp.args.StandardRestore(target))
   finally:
     handler.close()
-  # A part of the saved tree: the rest is not read.
+  # A part of the saved tree (the rest is not read), or numpy arrays.
+  restore_args = (_host_restore_args(target) if on_host
+                  else ocp.checkpoint_utils.construct_restore_args(target))
   partial = ocp.PyTreeCheckpointHandler()
   try:
     return partial.restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
+        item=target, restore_args=restore_args, partial_restore=only is not None))
   finally:
     partial.close()

@@ -15,7 +15,6 @@ Problems the run would hit come out as one line and exit code 1, as in the real 
 """
 
 import math
-import os
 import sys
 import time
 
@@ -87,9 +86,8 @@ def report_errors(fn, *args, **kwargs) -> int:
 
 def _latest_step(workdir: str) -> int | None:
   """The step of the latest complete checkpoint in workdir (read-only), or None."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  directory = epath.Path(workdir).absolute() / "checkpoints"
+  directory = checkpoint.absolute(workdir) / "checkpoints"
   if not directory.exists():
     return None
   options = ocp.CheckpointManagerOptions(create=False, read_only=True)
@@ -100,9 +98,8 @@ def _latest_step(workdir: str) -> int | None:
 
 def _saved_param_shapes(workdir: str, step: int):
   """The params of a training checkpoint as ShapeDtypeStructs, from its metadata only."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = epath.Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+  path = checkpoint.absolute(workdir) / "checkpoints" / str(step) / "state"
   with ocp.StandardCheckpointer() as ckptr:
     metadata = ckptr.metadata(path).item_metadata
   is_array = lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
@@ -123,7 +120,7 @@ def _start(config, workdir: str, program: train_lib.TrainProgram) -> str:
                             f"the checkpoint of step {step} in {workdir}")
     # As the run's restore: the optimizer state (and EMA, aux params) must match too.
     checkpoint.check_written_with_this_config(
-        epath.Path(workdir).absolute() / "checkpoints", step, program.state_shapes)
+        checkpoint.absolute(workdir) / "checkpoints", step, program.state_shapes)
     return (f"resumes from the checkpoint of step {step} (params and optimizer state match "
             "the config)")
   if program.teacher is not None:
@@ -133,8 +130,8 @@ def _start(config, workdir: str, program: train_lib.TrainProgram) -> str:
     checkpoint.match_params(models.params_for_model(params, program.model),
                             program.state_shapes.params, config.init_from)
     text = f"params and EMA from {config.init_from} (they match config.model)"
-    projector_dir = os.path.join(config.init_from, checkpoint.REPA_PROJECTOR_DIR)
-    if config.repa.enabled and os.path.isdir(projector_dir):
+    projector_dir = epath.Path(config.init_from) / checkpoint.REPA_PROJECTOR_DIR
+    if config.repa.enabled and projector_dir.is_dir():
       checkpoint.match_params(checkpoint.load_params(projector_dir)[1],
                               program.state_shapes.aux_params, projector_dir)
       text += ", REPA projector too"

@@ -11,9 +11,9 @@ hook built inside the step (`make_aux_loss_fn` only closes over what it is given
 over from outside jit, 86M params would be baked into the program as constants.
 """
 
-import os
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -143,7 +143,7 @@ def load_dino(config) -> tuple[dinov2.DinoV2, Any]:
   DIR is what `python -m pixnerd_jax.convert_dinov2` writes.
   """
   directory = config.repa.get("dino_checkpoint", "") if hasattr(config.repa, "get") else ""
-  if not directory or not os.path.isdir(directory):
+  if not directory or not epath.Path(directory).is_dir():  # local or gs://
     where = f"{directory!r} does not exist" if directory else "it is not set"
     raise FileNotFoundError(
         f"REPA needs the DINOv2 weights in config.repa.dino_checkpoint, but {where}. Download "

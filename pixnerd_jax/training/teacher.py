@@ -1,8 +1,8 @@
 """The frozen flow-matching teacher of MeanFlow distillation (config.meanflow.teacher)."""
 
 import json
-import os
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -18,10 +18,9 @@ def teacher_model_config(config: ml_collections.ConfigDict) -> dict:
   """The teacher's architecture: model.json of a params checkpoint, else the student's
   config.model (a training workdir of the same model); never average-velocity."""
   path = config.meanflow.teacher
-  model_json = os.path.join(path, checkpoint.MODEL_JSON)
-  if os.path.exists(model_json):
-    with open(model_json) as f:
-      model_config = json.load(f)
+  model_json = epath.Path(path) / checkpoint.MODEL_JSON  # local or gs://
+  if model_json.exists():
+    model_config = json.loads(model_json.read_text())
     for key in _RUNTIME_FIELDS:
       if key in config.model:
         model_config[key] = config.model[key]
@@ -44,13 +43,14 @@ def load_teacher(config: ml_collections.ConfigDict) -> tuple[PixNerDiT, dict, st
   """
   path = config.meanflow.teacher
   model = build_teacher(config)
-  if os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
+  root = epath.Path(path)
+  if (root / checkpoint.MODEL_JSON).exists():
     _, params = checkpoint.load_params(path)
-    source = f"params checkpoint {os.path.abspath(path)}"
-  elif os.path.isdir(os.path.join(path, "checkpoints")):
+    source = f"params checkpoint {checkpoint.absolute(root)}"
+  elif (root / "checkpoints").is_dir():
     step, state = checkpoint.load_train_state(path)
     params = state["ema_params"]
-    source = f"EMA params of step {step} in {os.path.abspath(path)}"
+    source = f"EMA params of step {step} in {checkpoint.absolute(root)}"
   else:
     raise checkpoint.CheckpointError(
         f"config.meanflow.teacher={path} is neither a training workdir (no checkpoints/) "

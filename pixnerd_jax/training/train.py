@@ -8,12 +8,12 @@ same steps as an uninterrupted one.
 import contextlib
 import dataclasses
 import functools
-import os
 import signal
 import time
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -451,8 +451,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     params = checkpoint.match_params(models.params_for_model(params, program.model),
                                      state.params, config.init_from)
     aux_params = state.aux_params
-    projector_dir = os.path.join(config.init_from, checkpoint.REPA_PROJECTOR_DIR)
-    if config.repa.enabled and os.path.isdir(projector_dir):
+    projector_dir = epath.Path(config.init_from) / checkpoint.REPA_PROJECTOR_DIR
+    if config.repa.enabled and projector_dir.is_dir():
       aux_params = checkpoint.match_params(checkpoint.load_params(projector_dir)[1],
                                            aux_params, projector_dir)
     state = jax.device_put(create_train_state(params, program.tx, aux_params),
