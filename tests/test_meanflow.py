@@ -149,6 +149,38 @@ def test_flow_matching_params_load_as_the_same_model(tiny):
     jax.eval_shape(lambda: fm.apply({"params": fm_params}, x, t, y, jnp.ones(2)))
 
 
+def test_grid_fractions_aim_at_the_few_step_samplers_intervals():
+  """grid_fraction lands exactly on steps of the 1/2/4-step grids (1 step as often as
+  the 4 of 4 steps together); grid_end_fraction ends on a step's far end, inside it."""
+  grid = meanflow.grid_steps((1, 2, 4))
+  np.testing.assert_allclose(grid[0], [0, 0, 0.5, 0, 0.25, 0.5, 0.75])
+  np.testing.assert_allclose(grid[1], [1, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25])
+  np.testing.assert_allclose(grid[2].sum(), 1.0, rtol=1e-6)
+  n = 6000
+  t, h = meanflow.sample_times(jax.random.key(3), n, distribution="uniform",
+                               equal_fraction=0.2, grid=grid, grid_fraction=0.3,
+                               grid_end_fraction=0.4)
+  t, h = np.asarray(t), np.asarray(h)
+  steps = set(zip(grid[0].tolist(), grid[1].tolist()))
+  on_step = np.array([(a, b) in steps for a, b in zip(t.tolist(), h.tolist())])
+  ends_on_grid = np.isin(np.round(t + h, 5), [0.25, 0.5, 0.75, 1.0]) & ~on_step & (h > 0)
+  assert abs(np.mean(h == 0) - 0.2) < 0.03
+  assert abs(on_step.mean() - 0.3) < 0.03
+  assert abs(np.mean(on_step & (t == 0) & (h == 1)) - 0.1) < 0.02
+  assert abs(ends_on_grid.mean() - 0.4) < 0.03
+  assert np.all((t >= 0) & (h >= 0) & (t + h <= 1 + 1e-6))
+
+
+def test_integrated_average_velocity_of_dx_dt_equals_x():
+  """The teacher-trajectory target converges to the exact U (second order in the step)."""
+  x = jax.random.normal(jax.random.key(4), (3, 2, 2, 1))
+  t, h = jnp.array([0.0, 0.5, 0.75]), jnp.array([1.0, 0.5, 0.25])
+  exact = exponential_average_velocity(x, t, h)
+  errors = [float(jnp.max(jnp.abs(meanflow.integrated_average_velocity(
+      lambda x, t: x, x, t, h, num_steps=n) - exact))) for n in (4, 8)]
+  assert errors[1] < 0.02 and 3.5 < errors[0] / errors[1] < 4.5
+
+
 def test_teacher_velocity_uses_cfg_inside_its_strict_interval():
   cond, uncond = jnp.full((3, 1, 1, 1), 2.0), jnp.full((3, 1, 1, 1), 1.0)
   t = jnp.array([0.1, 0.5, 1.0])
