@@ -227,6 +227,58 @@ def test_distillation_target_comes_from_the_guided_teacher(tiny):
   assert float(raw) > 0  # CFG moved the target away from the student's own velocity
 
 
+def test_distillation_ode_target_is_the_teachers_trajectory(tiny):
+  """teacher_ode_fraction = 1 on the 1-step grid: every sample regresses one Heun step of
+  the guided teacher from noise (t = 0) to data (t = 1), not the JVP target."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.training import meanflow_step  # pylint: disable=g-import-not-at-top
+  teacher, teacher_params = tiny["fm"], tiny["fm_params"]
+  student, params = tiny["avg"], tiny["avg_params"]
+  config = default.get_config()
+  mf = config.meanflow
+  mf.enabled, mf.teacher_ode_fraction, mf.teacher_ode_steps = True, 1.0, 1
+  mf.grid_num_steps = (1,)
+  mf.teacher_guidance, mf.teacher_guidance_interval_min = 3.0, -1.0
+  mf.teacher_guidance_interval_max = 2.0
+  images = jax.random.uniform(jax.random.key(8), (2, 16, 16, 3), minval=-1, maxval=1)
+  labels = jnp.array([1, 7])
+  _, rng_noise, _ = jax.random.split(jax.random.key(9), 3)
+
+  @jax.jit
+  def losses():
+    loss_fn = meanflow_step.make_loss_fn(
+        jax.random.key(9), params, images, labels, jnp.zeros(2, bool), 10, model=student,
+        config=config, teacher=teacher, teacher_params=teacher_params)
+    noise = jax.random.normal(rng_noise, images.shape)
+
+    def guided(x, t):
+      apply = lambda y: teacher.apply({"params": teacher_params}, x, jnp.full(2, t), y)
+      cond, uncond = apply(labels), apply(jnp.full(2, 10))
+      return uncond + 3.0 * (cond - uncond)
+
+    v0 = guided(noise, 0.0)
+    expected = 0.5 * (v0 + guided(noise + v0, 1.0))
+    u = student.apply({"params": params}, noise, jnp.zeros(2), labels, jnp.ones(2))
+    raw = jnp.mean(jnp.sum((u - expected) ** 2, axis=(1, 2, 3)))
+    return loss_fn((params, {}))[1]["meanflow_loss"], raw
+
+  got, raw = losses()
+  np.testing.assert_allclose(got, raw, rtol=1e-4)
+  assert float(raw) > 0
+
+
+def test_digits_meanflow_config_modes():
+  """The default distils the quick start's model with its CFG; :scratch has no teacher."""
+  from configs import digits, digits_meanflow  # pylint: disable=g-import-not-at-top
+  distil, scratch = digits_meanflow.get_config(), digits_meanflow.get_config("scratch")
+  assert distil.meanflow.teacher == "workdirs/digits" and not scratch.meanflow.teacher
+  assert distil.meanflow.teacher_guidance == digits.get_config().sampling.guidance > 1
+  assert distil.sampling.guidance == scratch.sampling.guidance == 1.0
+  assert distil.meanflow.teacher_ode_fraction > 0 and scratch.meanflow.equal_fraction == 0.5
+  with pytest.raises(ValueError, match="unknown mode"):
+    digits_meanflow.get_config("distill")
+
+
 @pytest.mark.parametrize("num_steps", [1, 2, 4])
 def test_meanflow_sampler_with_the_exact_average_velocity_is_exact(num_steps):
   """With the true U of Gaussian data the few-step sampler maps noise z to mu + sigma z."""
