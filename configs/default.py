@@ -135,6 +135,11 @@ def get_config():
       time_mean=0.4,
       time_std=1.0,
       equal_fraction=0.75,
+      # Fractions aimed at the few-step sampler's grids of grid_num_steps steps (after
+      # equal_fraction): exactly on a grid step, or ending on one (diffusion/meanflow.py).
+      grid_fraction=0.0,
+      grid_end_fraction=0.0,
+      grid_num_steps=(1, 2, 4),
       loss_power=1.0,
       loss_eps=0.01,
       omega=1.0,
@@ -145,6 +150,10 @@ def get_config():
       teacher_guidance=1.0,
       teacher_guidance_interval_min=0.0,
       teacher_guidance_interval_max=1.0,
+      # Distillation: this leading fraction of the batch regresses the teacher's own
+      # trajectory over a grid step (teacher_ode_steps Heun steps) instead of the JVP target.
+      teacher_ode_fraction=0.0,
+      teacher_ode_steps=8,
   ))
 
   # A params checkpoint (from `convert checkpoint` or a training run) to start from.

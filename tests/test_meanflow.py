@@ -149,6 +149,38 @@ def test_flow_matching_params_load_as_the_same_model(tiny):
     jax.eval_shape(lambda: fm.apply({"params": fm_params}, x, t, y, jnp.ones(2)))
 
 
+def test_grid_fractions_aim_at_the_few_step_samplers_intervals():
+  """grid_fraction lands exactly on steps of the 1/2/4-step grids (1 step as often as
+  the 4 of 4 steps together); grid_end_fraction ends on a step's far end, inside it."""
+  grid = meanflow.grid_steps((1, 2, 4))
+  np.testing.assert_allclose(grid[0], [0, 0, 0.5, 0, 0.25, 0.5, 0.75])
+  np.testing.assert_allclose(grid[1], [1, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25])
+  np.testing.assert_allclose(grid[2].sum(), 1.0, rtol=1e-6)
+  n = 6000
+  t, h = meanflow.sample_times(jax.random.key(3), n, distribution="uniform",
+                               equal_fraction=0.2, grid=grid, grid_fraction=0.3,
+                               grid_end_fraction=0.4)
+  t, h = np.asarray(t), np.asarray(h)
+  steps = set(zip(grid[0].tolist(), grid[1].tolist()))
+  on_step = np.array([(a, b) in steps for a, b in zip(t.tolist(), h.tolist())])
+  ends_on_grid = np.isin(np.round(t + h, 5), [0.25, 0.5, 0.75, 1.0]) & ~on_step & (h > 0)
+  assert abs(np.mean(h == 0) - 0.2) < 0.03
+  assert abs(on_step.mean() - 0.3) < 0.03
+  assert abs(np.mean(on_step & (t == 0) & (h == 1)) - 0.1) < 0.02
+  assert abs(ends_on_grid.mean() - 0.4) < 0.03
+  assert np.all((t >= 0) & (h >= 0) & (t + h <= 1 + 1e-6))
+
+
+def test_integrated_average_velocity_of_dx_dt_equals_x():
+  """The teacher-trajectory target converges to the exact U (second order in the step)."""
+  x = jax.random.normal(jax.random.key(4), (3, 2, 2, 1))
+  t, h = jnp.array([0.0, 0.5, 0.75]), jnp.array([1.0, 0.5, 0.25])
+  exact = exponential_average_velocity(x, t, h)
+  errors = [float(jnp.max(jnp.abs(meanflow.integrated_average_velocity(
+      lambda x, t: x, x, t, h, num_steps=n) - exact))) for n in (4, 8)]
+  assert errors[1] < 0.02 and 3.5 < errors[0] / errors[1] < 4.5
+
+
 def test_teacher_velocity_uses_cfg_inside_its_strict_interval():
   cond, uncond = jnp.full((3, 1, 1, 1), 2.0), jnp.full((3, 1, 1, 1), 1.0)
   t = jnp.array([0.1, 0.5, 1.0])
@@ -193,6 +225,58 @@ def test_distillation_target_comes_from_the_guided_teacher(tiny):
   got, raw = losses()
   np.testing.assert_allclose(got, raw, rtol=1e-4)
   assert float(raw) > 0  # CFG moved the target away from the student's own velocity
+
+
+def test_distillation_ode_target_is_the_teachers_trajectory(tiny):
+  """teacher_ode_fraction = 1 on the 1-step grid: every sample regresses one Heun step of
+  the guided teacher from noise (t = 0) to data (t = 1), not the JVP target."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.training import meanflow_step  # pylint: disable=g-import-not-at-top
+  teacher, teacher_params = tiny["fm"], tiny["fm_params"]
+  student, params = tiny["avg"], tiny["avg_params"]
+  config = default.get_config()
+  mf = config.meanflow
+  mf.enabled, mf.teacher_ode_fraction, mf.teacher_ode_steps = True, 1.0, 1
+  mf.grid_num_steps = (1,)
+  mf.teacher_guidance, mf.teacher_guidance_interval_min = 3.0, -1.0
+  mf.teacher_guidance_interval_max = 2.0
+  images = jax.random.uniform(jax.random.key(8), (2, 16, 16, 3), minval=-1, maxval=1)
+  labels = jnp.array([1, 7])
+  _, rng_noise, _ = jax.random.split(jax.random.key(9), 3)
+
+  @jax.jit
+  def losses():
+    loss_fn = meanflow_step.make_loss_fn(
+        jax.random.key(9), params, images, labels, jnp.zeros(2, bool), 10, model=student,
+        config=config, teacher=teacher, teacher_params=teacher_params)
+    noise = jax.random.normal(rng_noise, images.shape)
+
+    def guided(x, t):
+      apply = lambda y: teacher.apply({"params": teacher_params}, x, jnp.full(2, t), y)
+      cond, uncond = apply(labels), apply(jnp.full(2, 10))
+      return uncond + 3.0 * (cond - uncond)
+
+    v0 = guided(noise, 0.0)
+    expected = 0.5 * (v0 + guided(noise + v0, 1.0))
+    u = student.apply({"params": params}, noise, jnp.zeros(2), labels, jnp.ones(2))
+    raw = jnp.mean(jnp.sum((u - expected) ** 2, axis=(1, 2, 3)))
+    return loss_fn((params, {}))[1]["meanflow_loss"], raw
+
+  got, raw = losses()
+  np.testing.assert_allclose(got, raw, rtol=1e-4)
+  assert float(raw) > 0
+
+
+def test_digits_meanflow_config_modes():
+  """The default distils the quick start's model with its CFG; :scratch has no teacher."""
+  from configs import digits, digits_meanflow  # pylint: disable=g-import-not-at-top
+  distil, scratch = digits_meanflow.get_config(), digits_meanflow.get_config("scratch")
+  assert distil.meanflow.teacher == "workdirs/digits" and not scratch.meanflow.teacher
+  assert distil.meanflow.teacher_guidance == digits.get_config().sampling.guidance > 1
+  assert distil.sampling.guidance == scratch.sampling.guidance == 1.0
+  assert distil.meanflow.teacher_ode_fraction > 0 and scratch.meanflow.equal_fraction == 0.5
+  with pytest.raises(ValueError, match="unknown mode"):
+    digits_meanflow.get_config("distill")
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 4])

@@ -147,6 +147,18 @@ def _validate_meanflow(config: ml_collections.ConfigDict) -> None:
          mf.time_distribution, "unknown distribution", "use 'logit_normal' or 'uniform'")
   _check(0.0 <= mf.equal_fraction <= 1.0, "meanflow.equal_fraction", mf.equal_fraction,
          "must be in [0, 1]", "MeanFlow uses 0.75")
+  aimed = mf.get("grid_fraction", 0.0) + mf.get("grid_end_fraction", 0.0)
+  _check(min(mf.get("grid_fraction", 0.0), mf.get("grid_end_fraction", 0.0)) >= 0
+         and mf.equal_fraction + aimed <= 1.0, "meanflow.grid_fraction + grid_end_fraction",
+         aimed, f"with equal_fraction {mf.equal_fraction} the fractions exceed the batch",
+         "keep equal_fraction + grid_fraction + grid_end_fraction <= 1")
+  _check(all(int(n) >= 1 for n in mf.get("grid_num_steps", (1,))) and
+         len(mf.get("grid_num_steps", (1,))) > 0, "meanflow.grid_num_steps",
+         mf.get("grid_num_steps"), "needs step counts >= 1", "e.g. (1, 2, 4)")
+  _check(0.0 <= mf.get("teacher_ode_fraction", 0.0) <= 1.0, "meanflow.teacher_ode_fraction",
+         mf.get("teacher_ode_fraction"), "must be in [0, 1]", "e.g. 0.25")
+  _check(mf.get("teacher_ode_steps", 1) >= 1, "meanflow.teacher_ode_steps",
+         mf.get("teacher_ode_steps"), "must be >= 1", "e.g. 8")
   if mf.teacher:
     _check(epath.Path(mf.teacher).is_dir(), "meanflow.teacher", mf.teacher,
            "no such folder", "train the teacher first (python -m pixnerd_jax.main "
