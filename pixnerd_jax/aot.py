@@ -111,11 +111,15 @@ def _report_dry_run(topology, devices, config, result: Compiled) -> None:
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
-  """The trainer's checks, except that REPA may go without its DINOv2 weights: only their
-  shapes are compiled against (ViT-B/14 unless config.repa.dino_checkpoint names others)."""
+  """The trainer's checks, except that REPA may go without its DINOv2 weights and MeanFlow
+  distillation without its teacher's: only their shapes are compiled against (ViT-B/14
+  unless config.repa.dino_checkpoint names others; the teacher's model.json where the path
+  exists here, else the student's config.model)."""
   config = ml_collections.ConfigDict(config.to_dict())
   if config.repa.enabled and not config.repa.dino_checkpoint:
     config.repa.dino_checkpoint = "<ViT-B/14 shapes>"
+  if config.meanflow.enabled and config.meanflow.teacher:
+    config.meanflow.teacher = ""  # its folder need not be on the compiling host
   if config.model.get("conditioning", "class") == "text" and not config.text_encoder.path:
     config.text_encoder.stand_in = True  # Qwen3-1.7B shapes stand in for the weights
     if config.data.name != "digits_captions":

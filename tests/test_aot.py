@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -68,6 +69,17 @@ def test_topology_names():
   assert aot_compile.chips_per_host_bounds("v5p", (4, 4, 4)) == (2, 2, 1)
   assert aot_compile.chips_per_host_bounds("v6e", (2, 4)) == (2, 4, 1)
   assert aot_compile.chips_per_host_bounds("v6e", (8, 8)) == (2, 2, 1)
+
+
+@needs_libtpu
+def test_lowers_meanflow_distillation_without_the_teachers_weights():
+  # The teacher is a step argument sharded as the student; its folder is on the training
+  # hosts, not necessarily on the one that compiles.
+  code, out, err = _finish(_start(
+      "--topology=v5p:2x2x1", "--dry_run", "--config.model.average_velocity=True",
+      "--config.meanflow.enabled=True", "--config.meanflow.teacher=/not/on/this/host"))
+  assert code == 0, err[-3000:]
+  assert re.search(r"(?m)^dry run\s+the step lowered", out), out
 
 
 def test_out_of_memory_messages_are_parsed():

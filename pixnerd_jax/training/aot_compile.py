@@ -186,6 +186,9 @@ def compile_train_step(config: ml_collections.ConfigDict, devices,
                                                      ("text", text_shapes))
                    if shapes is not None}
   frozen = _with_shardings(frozen_shapes, mesh_lib.replicated(mesh))
+  if program.teacher is not None:  # MeanFlow distillation: sharded as the student
+    frozen["teacher"] = _with_shardings(models.param_shapes(program.teacher),
+                                        program.teacher_sharding)
   start = time.perf_counter()
   with mesh_lib.activate(mesh):  # activation constraints need the mesh and rules
     lowered = program.step.lower(
