@@ -65,6 +65,7 @@ def test_scanned_blocks_on_a_mesh_match_single_device(runs):
   assert str(scanned["qkv_spec"]).startswith("P(None, 'fsdp'")
 
 
+@pytest.mark.parametrize("scan_blocks", [False, True])
 def test_activation_constraints_reach_the_program(scan_blocks):
   # linen's constraints silently vanish unless activate() sets the abstract mesh.
   model = models.build_model(presets.get("tiny", num_classes=10, scan_blocks=scan_blocks))
