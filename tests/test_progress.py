@@ -57,3 +57,17 @@ def test_progress_line_is_short_and_takes_optional_fields():
   assert progress.metrics_line(1000, "eval", {"digits_accuracy": 0.275}) == (
       "step 1000 eval: digits_accuracy 0.275")
   assert [progress.format_duration(s) for s in (4, 545, 7380)] == ["4s", "9m05s", "2h03m"]
+
+
+def test_start_line_says_where_the_weights_come_from():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from pixnerd_jax.training import run_record  # pylint: disable=g-import-not-at-top
+  config, mesh = tiny.get_config(), mesh_lib.create_mesh()
+  first = lambda step: run_record.start_line(config, "w", 10, mesh, step).splitlines()[0]
+  assert "6 steps from scratch," in first(0)
+  assert "6 steps from step 4," in first(4)
+  config.init_from = "converted/xl256"
+  assert "from the params of converted/xl256," in first(0)
+  config.meanflow.enabled, config.meanflow.teacher = True, "workdirs/digits"
+  assert "from the MeanFlow teacher's weights," in first(0)

@@ -17,8 +17,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
 
 
-MESHES = {"single": (1, 1, 1, 1), "8x1x1": (8, 1, 1), "1x8x1": (1, 8, 1),
-          "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2), "scan": (2, 4, 1, 8, 1)}
+# Pure fsdp, all three axes at once, and data x fsdp with the scanned trunk (pure data
+# parallelism is the multi-host tests' 1 x 8 and 2 x 4 runs). Each costs a compile.
+MESHES = {"single": (1, 1, 1, 1), "1x8x1": (1, 8, 1), "2x2x2": (2, 2, 2),
+          "scan": (2, 4, 1, 8, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def runs(tmp_path_factory):
 
 def test_meshes_match_single_device(runs):
   single = runs["single"]
-  for mesh in [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2)]:
+  for mesh in [(1, 8, 1), (2, 2, 2)]:
     result = runs["x".join(map(str, mesh))]
     np.testing.assert_allclose(result["losses"], single["losses"], rtol=1e-5, atol=1e-6)
     for key in single:

@@ -44,7 +44,14 @@ def start_line(config: ml_collections.ConfigDict, workdir: str, num_params: int,
   devices = mesh.devices.size
   platform = mesh.devices.flat[0].platform
   mesh_text = "x".join(f"{k}={v}" for k, v in mesh.shape.items() if v > 1)
-  start = f"from step {initial_step}" if initial_step else "from scratch"
+  if initial_step:
+    start = f"from step {initial_step}"
+  elif config.meanflow.get("enabled") and config.meanflow.get("teacher"):
+    start = "from the MeanFlow teacher's weights"
+  elif config.get("init_from"):
+    start = f"from the params of {config.init_from}"
+  else:
+    start = "from scratch"
   return (f"Training {config.model.get('preset', 'model')} ({num_params:,} params) on "
           f"{devices} {platform} device{'s' * (devices > 1)}"
           f"{f' (mesh {mesh_text})' if mesh_text else ''}, batch {config.batch_size}, "
