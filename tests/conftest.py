@@ -21,6 +21,16 @@ sys.path.insert(0, str(ROOT))
 from pixnerd_jax.runtime import xla_cpu_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 xla_cpu_flags.for_cpu_training(os.environ["JAX_PLATFORMS"])
 
+# The tests' programs are tiny: XLA's compile, not running them, is most of the suite's
+# time, and LLVM's optimisation passes are most of a CPU compile (a tiny training run
+# compiles in half the time without them). Without them a result may round differently
+# in its last bits: parity tests compare with tolerances, and bitwise tests compare runs
+# made with the same flags, as subprocesses inherit these (tests/device_env.py keeps them
+# when it adds devices). A user's own setting wins.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_backend_optimization_level=0").strip()
+
 # One persistent XLA cache for the session: dozens of tests (and their subprocesses, which
 # inherit the variables) compile the same tiny programs, and XLA's compile is most of a
 # tiny run's time. A cached executable is the one XLA would build, so bitwise comparisons

@@ -372,3 +372,14 @@ def test_documented_command_runs(command, doc_runs):
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   if rule.expect:
     assert re.search(rule.expect, result.stdout), (shown, result.stdout[-3000:])
+
+
+def test_ci_runs_the_readme_test_command():
+  """The README's test command is the one .ci/run runs (CI's verdict is on that command)."""
+  def pytest_command(text):
+    lines = [part.strip() for line in text.splitlines() for part in line.split("&&")
+             if part.strip().startswith("python -m pytest")]
+    assert len(lines) == 1, lines
+    return lines[0]
+  assert (pytest_command((ROOT / "README.md").read_text()) ==
+          pytest_command((ROOT / ".ci" / "run").read_text()))

@@ -1,5 +1,7 @@
 """The PixNerd network: reference vectors, layout, init, presets, precision."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,13 +88,23 @@ def _tiny(**overrides):
   return build_model(presets.get("tiny", num_classes=10, **overrides))
 
 
+# Run under jit: op-by-op, every primitive of a forward pass compiles on its own (seconds
+# per test on the CPU); errors raised while tracing surface the same way.
+def _init(model, seed, *inputs):
+  return nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), *inputs)["params"])
+
+
+def _apply(model, params, *inputs, **kwargs):
+  return jax.jit(functools.partial(model.apply, **kwargs))({"params": params}, *inputs)
+
+
 def test_output_is_zero_at_init_and_shapes_follow_input():
   model = _tiny()
   x = jax.random.normal(jax.random.key(1), (3, 8, 12, 3))
   t = jnp.array([0.1, 0.5, 0.9])
   y = jnp.array([0, 4, 10])
-  params = nn.meta.unbox(model.init(jax.random.key(0), x, t, y)["params"])
-  out = model.apply({"params": params}, x, t, y)
+  params = _init(model, 0, x, t, y)
+  out = _apply(model, params, x, t, y)
   assert out.shape == x.shape
   np.testing.assert_array_equal(out, 0.0)
   # Everything but the zeroed final layer carries signal, gates included.
@@ -115,11 +127,15 @@ def test_init_distributions_follow_the_reference():
 
 
 def _perturbed_params(model, x, t, y, scale=0.05):
-  params = nn.meta.unbox(model.init(jax.random.key(0), x, t, y)["params"])
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(7), len(leaves))
-  return jax.tree.unflatten(
-      treedef, [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+  params = _init(model, 0, x, t, y)
+
+  @jax.jit
+  def perturb(params):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [l + scale * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+  return perturb(params)
 
 
 def test_bfloat16_compute_stays_close_to_float32():
@@ -127,8 +143,8 @@ def test_bfloat16_compute_stays_close_to_float32():
   t, y = jnp.array([0.3, 0.8]), jnp.array([1, 2])
   f32 = _tiny()
   params = _perturbed_params(f32, x, t, y)
-  ref = f32.apply({"params": params}, x, t, y)
-  out = _tiny(dtype="bfloat16").apply({"params": params}, x, t, y)
+  ref = _apply(f32, params, x, t, y)
+  out = _apply(_tiny(dtype="bfloat16"), params, x, t, y)
   assert out.dtype == jnp.bfloat16
   assert jax.tree.leaves(params)[0].dtype == jnp.float32
   err = np.abs(np.asarray(out, np.float32) - np.asarray(ref)).max()
@@ -141,8 +157,8 @@ def test_batch_elements_are_independent():
   x = jax.random.normal(jax.random.key(1), (3, 8, 4, 3))
   t, y = jnp.array([0.3, 0.8, 0.5]), jnp.array([1, 2, 3])
   params = _perturbed_params(model, x, t, y)
-  full = model.apply({"params": params}, x, t, y)
-  single = model.apply({"params": params}, x[1:2], t[1:2], y[1:2])
+  full = _apply(model, params, x, t, y)
+  single = _apply(model, params, x[1:2], t[1:2], y[1:2])
   np.testing.assert_allclose(full[1:2], single, atol=1e-5)
 
 
@@ -157,8 +173,8 @@ def test_trunk_features_hook():
   model = _tiny(features_after_block=1)
   x = jnp.zeros((2, 8, 8, 3))
   t, y = jnp.array([0.3, 0.8]), jnp.array([1, 2])
-  params = nn.meta.unbox(model.init(jax.random.key(0), x, t, y)["params"])
-  _, state = model.apply({"params": params}, x, t, y, mutable=["intermediates"])
+  params = _init(model, 0, x, t, y)
+  _, state = _apply(model, params, x, t, y, mutable=["intermediates"])
   (features,) = state["intermediates"]["trunk_features"]
   assert features.shape == (2, 4, 32)
 
@@ -168,7 +184,7 @@ def _loss_and_grads(model, params, x, t, y):
     out, state = model.apply({"params": p}, x, t, y, mutable=["intermediates"])
     (features,) = state["intermediates"]["trunk_features"]
     return jnp.mean(jnp.square(out - x)) + jnp.mean(jnp.square(features))
-  return jax.value_and_grad(loss)(params)
+  return jax.jit(jax.value_and_grad(loss))(params)
 
 
 @pytest.mark.parametrize("remat_policy", ["none", "decoder", "blocks", "dots_saveable"])

@@ -1,5 +1,7 @@
 """The text-to-image PixNerd (spec 7.3-7.4): flags on the same model, heavy decoder."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,13 +30,25 @@ def _inputs(model, batch=2, height=8, width=12, seed=1):
   return x, t, y
 
 
+# Run under jit: op-by-op, every primitive of a forward pass compiles on its own (seconds
+# per test on the CPU).
+def _init(model, seed, *inputs):
+  return nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), *inputs)["params"])
+
+
+def _apply(model, params, *inputs, **kwargs):
+  return jax.jit(functools.partial(model.apply, **kwargs))({"params": params}, *inputs)
+
+
 def _perturbed_params(model, x, t, y, seed=0):
   """Init params plus noise, so the zero-initialised output layer carries signal."""
-  params = nn.meta.unbox(model.init(jax.random.key(seed), x, t, y)["params"])
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(treedef, [p + 0.05 * jax.random.normal(k, p.shape)
-                                      for p, k in zip(leaves, keys)])
+  @jax.jit
+  def perturb(params):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    return jax.tree.unflatten(treedef, [p + 0.05 * jax.random.normal(k, p.shape)
+                                        for p, k in zip(leaves, keys)])
+  return perturb(_init(model, seed, x, t, y))
 
 
 def test_xxl_preset_has_the_reference_param_count_and_logical_names():
@@ -71,10 +85,10 @@ def test_t2i_rope_spans_columns_by_height_and_rows_by_width():
 def test_forward_shapes_and_zero_output_at_init():
   model = _t2i()
   x, t, y = _inputs(model)
-  params = nn.meta.unbox(model.init(jax.random.key(0), x, t, y)["params"])
+  params = _init(model, 0, x, t, y)
   assert "text_refine_blocks_0" in params and "norm" not in params["final_layer"]
   assert "qkv_x" in params["blocks_0"]["attn"] and "w12" in params["blocks_0"]["mlp"]
-  out = model.apply({"params": params}, x, t, y)
+  out = _apply(model, params, x, t, y)
   assert out.shape == x.shape
   np.testing.assert_array_equal(out, 0.0)
 
@@ -83,8 +97,8 @@ def test_text_changes_the_output_and_samples_are_independent():
   model = _t2i()
   x, t, y = _inputs(model)
   params = _perturbed_params(model, x, t, y)
-  out = model.apply({"params": params}, x, t, y)
-  other = model.apply({"params": params}, x, t, y.at[1].multiply(-1.0))
+  out = _apply(model, params, x, t, y)
+  other = _apply(model, params, x, t, y.at[1].multiply(-1.0))
   np.testing.assert_allclose(other[0], out[0], atol=1e-6)
   assert np.abs(other[1] - out[1]).max() > 1e-3
 
@@ -100,8 +114,8 @@ def test_heavy_decoder_at_scale_one_is_the_plain_model():
   model = _t2i()
   x, t, y = _inputs(model)
   params = _perturbed_params(model, x, t, y)
-  plain = model.apply({"params": params}, x, t, y)
-  heavy = model.clone(decoder_patch_scaling=(1.0, 1.0)).apply({"params": params}, x, t, y)
+  plain = _apply(model, params, x, t, y)
+  heavy = _apply(model.clone(decoder_patch_scaling=(1.0, 1.0)), params, x, t, y)
   np.testing.assert_array_equal(heavy, plain)
 
 
@@ -111,7 +125,7 @@ def test_heavy_decoder_renders_larger_and_non_square_images():
   params = _perturbed_params(model, x, t, y)
   big_x = jax.random.normal(jax.random.key(5), (2, 16, 18, 3))
   heavy = model.clone(decoder_patch_scaling=(2.0, 1.5))
-  out = heavy.apply({"params": params}, big_x, t, y)
+  out = _apply(heavy, params, big_x, t, y)
   assert out.shape == big_x.shape and np.isfinite(out).all()
 
 
@@ -153,8 +167,8 @@ def test_scanned_t2i_trunk_matches_the_loop(remat_policy):
     (features,) = inter["intermediates"]["trunk_features"]
     return jnp.mean(jnp.square(out - x)) + jnp.mean(jnp.square(features))
 
-  ref, ref_grads = jax.value_and_grad(lambda p: loss(loop, p))(params)
-  val, grads = jax.value_and_grad(lambda p: loss(scanned, p))(stacked)
+  ref, ref_grads = jax.jit(jax.value_and_grad(lambda p: loss(loop, p)))(params)
+  val, grads = jax.jit(jax.value_and_grad(lambda p: loss(scanned, p)))(stacked)
   np.testing.assert_allclose(val, ref, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                unstack_dit_blocks(grads), ref_grads)
@@ -164,7 +178,7 @@ def test_bfloat16_compute_stays_close_to_float32():
   model = _t2i()
   x, t, y = _inputs(model)
   params = _perturbed_params(model, x, t, y)
-  ref = model.apply({"params": params}, x, t, y)
-  low = model.clone(dtype=jnp.bfloat16).apply({"params": params}, x, t, y)
+  ref = _apply(model, params, x, t, y)
+  low = _apply(model.clone(dtype=jnp.bfloat16), params, x, t, y)
   assert low.dtype == jnp.bfloat16
   assert np.abs(np.asarray(low, np.float32) - ref).max() < 0.05 * np.abs(ref).max() + 0.05

@@ -1,7 +1,6 @@
 """Multi-process training: 2 processes x 4 CPU devices equal 1 process x 8; resume works
 across processes and onto a different device count."""
 
-import os
 import pathlib
 import socket
 import subprocess
@@ -13,12 +12,13 @@ import jax
 import numpy as np
 
 from pixnerd_jax.training import checkpoint
+from tests import device_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return device_env.with_cpu_devices(devices)
 
 
 def _cmd(workdir, steps, *extra, config="tiny"):

@@ -18,6 +18,7 @@ from pixnerd_jax.sampling import class_conditional
 from pixnerd_jax.sampling.trained_params import load_checkpoint
 from pixnerd_jax.training import train
 from pixnerd_jax.models import build_model, init_params
+from tests import device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 20  # 2 per class
@@ -173,8 +174,7 @@ def test_online_flag_with_a_params_checkpoint_is_an_error(config, params_checkpo
 def test_command_on_two_devices_with_other_batches_matches_and_a_fresh_process_reads_it(
     params_checkpoint, reference_run, tmp_path):
   out = str(tmp_path / "cli")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = device_env.with_cpu_devices(2, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "pixnerd_jax.sample", "--config=configs/tiny.py",
          "--config.sampling.num_steps=3", f"--checkpoint={params_checkpoint}",
          f"--num_samples={NUM_SAMPLES}", f"--out={out}", "--chunk_size=7", "--batch_size=6"]
@@ -221,8 +221,7 @@ def test_an_fsdp_sampling_mesh_shards_the_params_and_samples_as_one_device(
   """config.mesh.fsdp=-1 on 2 devices: the restored params are split over both by the
   training's rules (no device holds the whole model), and the images are those of the
   single-device run."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = device_env.with_cpu_devices(2, JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, "-c", _FSDP_WORKER, params_checkpoint,
                          str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300)

@@ -24,6 +24,7 @@ from pixnerd_jax.embedded import stand_in_text_encoder
 from pixnerd_jax.sampling import dpg
 from pixnerd_jax.sampling import geneval
 from pixnerd_jax.models import build_model, dummy_inputs, init_params, param_shapes
+from tests import device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["a red cat on a sofa", "two green birds", "a blue dog"]
@@ -336,8 +337,7 @@ def test_command_dispatches_on_the_model_shards_over_two_devices_and_matches(
   out, images = prompt_run
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = device_env.with_cpu_devices(2, JAX_PLATFORMS="cpu")
   base = [sys.executable, "-m", "pixnerd_jax.sample", "--config=configs/tiny_t2i.py",
           f"--checkpoint={ckpt}", "--sampler=adamlm", "--num_steps=3", "--guidance=4",
           "--timeshift=3", "--samples_per_prompt=2"]

@@ -1,6 +1,5 @@
 """Meshes: data / FSDP / tensor parallel training equals one device, params really sharded."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from configs import models as presets
 from pixnerd_jax import models
 from pixnerd_jax.runtime import mesh as sharding
+from tests import device_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
@@ -27,7 +27,7 @@ MESHES = {"single": (1, 1, 1, 1), "1x8x1": (1, 8, 1), "2x2x2": (2, 2, 2),
 def runs(tmp_path_factory):
   """{name: the worker's arrays} for every mesh in MESHES, from one worker process."""
   out = tmp_path_factory.mktemp("meshes")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = device_env.with_cpu_devices(8)
   specs = [f"{name}={','.join(map(str, mesh))}" for name, mesh in MESHES.items()]
   result = subprocess.run([sys.executable, str(WORKER), str(out), *specs], cwd=ROOT,
                           env=env, capture_output=True, timeout=900)
