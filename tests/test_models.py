@@ -89,7 +89,7 @@ def _tiny(**overrides):
 
 
 # Run under jit: op-by-op, every primitive of a forward pass compiles on its own (seconds
-# per test on the CPU); errors raised while tracing surface the same way.
+# per test on the CPU).
 def _init(model, seed, *inputs):
   return nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), *inputs)["params"])
 
